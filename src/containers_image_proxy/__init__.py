@@ -1,9 +1,21 @@
-"""Python client for skopeo's experimental-image-proxy."""
+"""Python client for skopeo's experimental-image-proxy.
 
+The whole containers/image stack (every transport, registries.conf, signature policy,
+credentials) for Python programs, streamed without storing the image first::
+
+    from containers_image_proxy import ImageProxy
+
+    with ImageProxy() as proxy, proxy.open_image("docker://quay.io/libpod/busybox") as img:
+        digest, manifest = proxy.fetch_manifest(img)
+"""
+
+from ._async import AsyncBlobReader, AsyncImageProxy
+from ._config import ProxyConfig
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
     ProtocolError,
+    ProxyClosedError,
     ProxyError,
     ProxyExitedError,
     ProxyStalledError,
@@ -11,15 +23,52 @@ from ._errors import (
     RequestError,
     SkopeoNotFoundError,
 )
+from ._models import (
+    Descriptor,
+    Digest,
+    History,
+    ImageConfig,
+    ImageIndex,
+    ImageManifest,
+    LayerInfo,
+    Platform,
+    RootFS,
+    RuntimeConfig,
+)
+from ._operations import OpenedImage
+from ._protocol import Feature
+from ._reference import ImageReference
+from ._sync import BlobReader, ImageProxy
+
+__version__ = "0.1.0"
 
 __all__ = [
+    "AsyncBlobReader",
+    "AsyncImageProxy",
+    "BlobReader",
     "BlobVerificationError",
     "ConfigurationError",
+    "Descriptor",
+    "Digest",
+    "Feature",
+    "History",
+    "ImageConfig",
+    "ImageIndex",
+    "ImageManifest",
+    "ImageProxy",
+    "ImageReference",
+    "LayerInfo",
+    "OpenedImage",
+    "Platform",
     "ProtocolError",
+    "ProxyClosedError",
+    "ProxyConfig",
     "ProxyError",
     "ProxyExitedError",
     "ProxyStalledError",
     "ProxyTooOldError",
     "RequestError",
+    "RootFS",
+    "RuntimeConfig",
     "SkopeoNotFoundError",
 ]

@@ -115,6 +115,10 @@ class BlobVerificationError(ProxyError):
         super().__init__(f"blob {digest}: {message}")
 
 
+class ProxyClosedError(ProxyError):
+    """The proxy was closed, or torn down after a failure, and serves no more requests."""
+
+
 class ProtocolError(ProxyError):
     """skopeo sent something the protocol does not allow; the connection is unusable."""
 
@@ -123,6 +127,7 @@ __all__ = [
     "BlobVerificationError",
     "ConfigurationError",
     "ProtocolError",
+    "ProxyClosedError",
     "ProxyError",
     "ProxyExitedError",
     "ProxyStalledError",

@@ -1,0 +1,194 @@
+"""The state of one blob stream, without I/O: how much to read next, and what the end means.
+
+Two wire forms exist. GetBlob (every version) streams through a pipe that reaches EOF only
+after FinishPipe, and skopeo verifies size and digest, reporting a mismatch as FinishPipe's
+error. GetRawBlob (0.2.8) streams through a pipe that reaches EOF by itself, plus an error
+pipe; nobody verifies but us. The readers of both front ends drive this class and only do
+the reads and the FinishPipe themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional
+
+from ._errors import BlobVerificationError, ProtocolError, RequestError
+from ._models import Digest
+from ._protocol import MAX_JSON_INT, PipeReply, RawPipesReply, Reply
+from ._transport import close_fds
+
+
+class StreamKind(Enum):
+    """Which wire form a blob stream has."""
+
+    PIPE = "GetBlob"
+    RAW = "GetRawBlob"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What the caller asked for: the blob, its expected size, whether to hash it here."""
+
+    kind: StreamKind
+    digest: Digest
+    expected_size: Optional[int]
+    verify: bool
+
+
+# FinishPipe errors of GetBlob that mean "the bytes were wrong", as opposed to "could not get them"
+_VERIFY_TEXT = re.compile(r"corrupted blob|expected \d+ bytes in blob|digest|size mismatch", re.I)
+_EPIPE_TEXT = re.compile(r"broken pipe", re.I)
+
+
+class BlobStream:
+    """Tracks one stream from its reply to its verified end.
+
+    ``want(n)`` says how many bytes to read next (0: the data part is complete);
+    ``feed(data)`` accounts for bytes read; ``end_of_data()`` is called when the data pipe
+    reached EOF (RAW) or when ``want`` returned 0 (PIPE); ``check()`` raises if anything
+    was wrong, and is to be called once the stream's closing information is in.
+    """
+
+    def __init__(self, spec: StreamSpec, reported_size: Any) -> None:
+        if isinstance(reported_size, bool) or not isinstance(reported_size, int):
+            raise ProtocolError(f"{spec.kind.value}: size is not an integer: {reported_size!r:.40}")
+        if not -1 <= reported_size <= MAX_JSON_INT:
+            raise ProtocolError(f"{spec.kind.value}: size out of range: {reported_size}")
+        self.spec = spec
+        self.reported_size: Optional[int] = reported_size if reported_size >= 0 else None
+        self.received = 0
+        self.finished = False
+        self._hasher = spec.digest.hasher() if spec.verify else None
+        self._error: Optional[BaseException] = None
+        expected = spec.expected_size
+        if (
+            expected is not None
+            and self.reported_size is not None
+            and expected != self.reported_size
+        ):
+            # Known before the first byte: fail now instead of at the end (and for GetBlob,
+            # reading up to the expected size would wait forever on a short blob).
+            self._error = BlobVerificationError(
+                spec.digest, f"source has {self.reported_size} bytes, expected {expected}"
+            )
+
+    @property
+    def size(self) -> Optional[int]:
+        """The blob's size, as far as known before the end."""
+        if self.spec.expected_size is not None:
+            return self.spec.expected_size
+        return self.reported_size
+
+    @property
+    def early_error(self) -> Optional[BaseException]:
+        """An error known before reading (size mismatch); the reader raises it at once."""
+        return self._error
+
+    def want(self, n: int) -> int:
+        """How many bytes to ask for next, at most ``n``."""
+        size = self.size
+        if size is None:
+            return n
+        left = size - self.received
+        if self.spec.kind is StreamKind.PIPE:
+            # the pipe reaches EOF only after FinishPipe: never wait for a byte past the size
+            return max(0, min(n, left))
+        # raw pipes end by themselves; reading one byte past the end proves there is no more
+        return max(1, min(n, left)) if left > 0 else 1
+
+    def feed(self, data: memoryview | bytes) -> None:
+        """Account for ``data`` just read."""
+        self.received += len(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
+        size = self.size
+        if size is not None and self.received > size and self._error is None:
+            self._error = BlobVerificationError(
+                self.spec.digest, f"source has more than the expected {size} bytes"
+            )
+
+    @property
+    def complete(self) -> bool:
+        """Whether every byte of a blob of known size has been read."""
+        size = self.size
+        return size is not None and self.received >= size
+
+    @property
+    def overflowed(self) -> bool:
+        """Whether more bytes arrived than the blob may have."""
+        size = self.size
+        return size is not None and self.received > size
+
+    def finish_pipe_result(self, error: Optional[RequestError]) -> None:
+        """Record FinishPipe's outcome for a GetBlob stream that was read to its size."""
+        if error is None or self._error is not None:
+            return
+        if _VERIFY_TEXT.search(error.message):
+            self._error = BlobVerificationError(self.spec.digest, error.message)
+        else:
+            self._error = error
+
+    def raw_result(self, error: Optional[RequestError]) -> None:
+        """Record what GetRawBlob's error pipe held once the data pipe reached EOF."""
+        if error is not None and self._error is None:
+            self._error = error
+
+    def check(self) -> None:
+        """Raise the stream's error, or verify size and digest; idempotent."""
+        if self._error is not None:
+            raise self._error
+        if self.finished:
+            return
+        size = self.size
+        if size is not None and self.received != size:
+            self._error = BlobVerificationError(
+                self.spec.digest, f"got {self.received} bytes, expected {size}"
+            )
+            raise self._error
+        if self._hasher is not None:
+            actual = Digest(f"{self.spec.digest.algorithm}:{self._hasher.hexdigest()}")
+            if actual != self.spec.digest:
+                self._error = BlobVerificationError(
+                    self.spec.digest, f"content has digest {actual}"
+                )
+                raise self._error
+        self.finished = True
+
+    def is_broken_pipe(self, error: RequestError) -> bool:
+        """Whether a FinishPipe error only reflects that we closed our end early."""
+        return error.error_code == "EPIPE" or _EPIPE_TEXT.search(error.message) is not None
+
+
+class StreamEnds:
+    """The descriptors of one stream, taken from its reply; owned until :meth:`close`."""
+
+    def __init__(self, reply: Reply, spec: StreamSpec) -> None:
+        self.pipe_id = 0
+        self.error_fd = -1
+        if spec.kind is StreamKind.PIPE:
+            if not isinstance(reply, PipeReply):
+                raise ProtocolError(f"{spec.kind.value}: reply has no pipe")
+            self.data_fd = reply.fd
+            self.pipe_id = reply.pipe_id
+        else:
+            if not isinstance(reply, RawPipesReply):
+                raise ProtocolError(f"{spec.kind.value}: reply has no pipes")
+            self.data_fd = reply.data_fd
+            self.error_fd = reply.error_fd
+        try:
+            self.stream = BlobStream(spec, reply.value)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close our ends (idempotent). The proxy's writer then fails with EPIPE, harmlessly."""
+        close_fds(self.data_fd, self.error_fd)
+        self.data_fd = self.error_fd = -1
+
+    def missing_bytes_without_error(self, error: Optional[RequestError]) -> bool:
+        """A raw stream that ended short with no error report: skopeo may have been killed."""
+        size = self.stream.size
+        return error is None and size is not None and self.stream.received < size

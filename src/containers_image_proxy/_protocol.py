@@ -1,0 +1,308 @@
+"""The wire protocol of skopeo's image proxy, without any I/O.
+
+Requests are JSON objects sent one per SEQPACKET message; replies are JSON objects that may
+carry file descriptors. This module turns requests into bytes and (bytes, fds) into typed
+replies, validating everything a peer could get wrong, and holds the version and feature
+table. Nothing here touches a socket: the front ends feed it what they received.
+
+Ownership rule: every fd handed to :func:`decode_reply` is either returned inside the reply
+object or closed before the function raises, so a malformed reply can never leak an fd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional, Sequence, Tuple, Union
+
+from ._errors import ConfigurationError, ProtocolError, ProxyTooOldError, RequestError
+
+#: The proxy reads requests into a buffer of this size; a larger request would be cut.
+MAX_REQUEST_SIZE = 32 * 1024
+#: Replies are not bounded by the proxy; a SEQPACKET message is bounded by the peer's send
+#: buffer (about 208 KiB by default), so a 1 MiB receive buffer always holds a whole reply.
+MAX_REPLY_SIZE = 1024 * 1024
+#: JSON numbers above this lose precision; the proxy rejects them.
+MAX_JSON_INT = (1 << 53) - 1
+
+Version = Tuple[int, int, int]
+
+MINIMUM_VERSION: Version = (0, 2, 3)
+MINIMUM_RELEASE = "1.6"
+
+
+class Feature(str, Enum):
+    """Capabilities that depend on the proxy's protocol version."""
+
+    FULL_CONFIG = "GetFullConfig"
+    OPEN_IMAGE_OPTIONAL = "OpenImageOptional"
+    LAYER_INFO = "GetLayerInfo"
+    POLICY_ENFORCEMENT = "policy-enforcement"
+    LAYER_INFO_PIPED = "GetLayerInfoPiped"
+    RAW_BLOB = "GetRawBlob"
+    ERROR_CODES = "error-codes"
+
+
+#: The protocol version, and the first skopeo release, that brought each feature.
+FEATURES: dict[Feature, tuple[Version, str]] = {
+    Feature.FULL_CONFIG: ((0, 2, 3), "1.6"),
+    Feature.OPEN_IMAGE_OPTIONAL: ((0, 2, 4), "1.11"),
+    Feature.LAYER_INFO: ((0, 2, 5), "1.11"),
+    Feature.POLICY_ENFORCEMENT: ((0, 2, 6), "1.13"),
+    Feature.LAYER_INFO_PIPED: ((0, 2, 7), "1.19"),
+    Feature.RAW_BLOB: ((0, 2, 8), "1.19"),
+    Feature.ERROR_CODES: ((0, 2, 8), "1.19"),
+}
+
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+
+
+def parse_version(text: object) -> Version:
+    """Parse the ``major.minor.patch`` string that ``Initialize`` returns."""
+    if not isinstance(text, str):
+        raise ProtocolError(f"Initialize returned a non-string version: {text!r:.80}")
+    m = _VERSION_RE.match(text)
+    if m is None:
+        raise ProtocolError(f"Initialize returned a malformed version: {text!r:.80}")
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def format_version(version: Version) -> str:
+    """``(0, 2, 8)`` -> ``"0.2.8"``."""
+    return ".".join(str(p) for p in version)
+
+
+def check_minimum_version(version: Version) -> None:
+    """Refuse proxies older than the oldest protocol this client speaks."""
+    if version < MINIMUM_VERSION:
+        raise ProxyTooOldError(
+            "containers_image_proxy",
+            format_version(version),
+            format_version(MINIMUM_VERSION),
+            MINIMUM_RELEASE,
+        )
+
+
+def has_feature(version: Version, feature: Union[Feature, str]) -> bool:
+    """Whether a proxy speaking ``version`` offers ``feature``."""
+    try:
+        feat = Feature(feature)
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown feature {feature!r}; known: {', '.join(f.value for f in Feature)}"
+        ) from None
+    return version >= FEATURES[feat][0]
+
+
+def require_feature(version: Version, feature: Feature, what: str = "") -> None:
+    """Raise :class:`ProxyTooOldError` naming the release needed when ``feature`` is missing."""
+    if not has_feature(version, feature):
+        required, release = FEATURES[feature]
+        raise ProxyTooOldError(
+            what or feature.value, format_version(version), format_version(required), release
+        )
+
+
+# --- requests -------------------------------------------------------------------------
+
+Arg = Union[str, int]
+
+
+def encode_request(method: str, args: Sequence[Arg]) -> bytes:
+    """Serialise one request, refusing what the proxy would cut or misread."""
+    for arg in args:
+        # bool is an int subclass, but the proxy never takes one
+        if isinstance(arg, bool) or not isinstance(arg, (str, int)):
+            raise ConfigurationError(f"{method}: unsupported argument type {type(arg).__name__}")
+        if isinstance(arg, int) and not 0 <= arg <= MAX_JSON_INT:
+            raise ConfigurationError(f"{method}: integer argument out of range: {arg}")
+    data = json.dumps({"method": method, "args": list(args)}, separators=(",", ":")).encode()
+    if len(data) > MAX_REQUEST_SIZE:
+        raise ConfigurationError(
+            f"{method}: request of {len(data)} bytes exceeds the proxy's {MAX_REQUEST_SIZE}"
+        )
+    return data
+
+
+# --- replies --------------------------------------------------------------------------
+
+
+class ReplyShape(Enum):
+    """What a successful reply to a method carries besides its JSON."""
+
+    VALUE = 0  #: no fd
+    PIPE = 1  #: one pipe fd, a non-zero pipe id; the client must send FinishPipe
+    RAW_PIPES = 2  #: a data fd and an error fd, pipe id 0, no FinishPipe
+
+
+METHOD_SHAPES: dict[str, ReplyShape] = {
+    "Initialize": ReplyShape.VALUE,
+    "OpenImage": ReplyShape.VALUE,
+    "OpenImageOptional": ReplyShape.VALUE,
+    "CloseImage": ReplyShape.VALUE,
+    "GetLayerInfo": ReplyShape.VALUE,
+    "FinishPipe": ReplyShape.VALUE,
+    "GetManifest": ReplyShape.PIPE,
+    "GetConfig": ReplyShape.PIPE,
+    "GetFullConfig": ReplyShape.PIPE,
+    "GetLayerInfoPiped": ReplyShape.PIPE,
+    "GetBlob": ReplyShape.PIPE,
+    "GetRawBlob": ReplyShape.RAW_PIPES,
+}
+
+
+@dataclass(frozen=True)
+class ValueReply:
+    """A successful reply that carries only a value."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class PipeReply:
+    """A successful reply whose payload is streamed through ``fd``; owes a FinishPipe."""
+
+    value: Any
+    pipe_id: int
+    fd: int
+
+
+@dataclass(frozen=True)
+class RawPipesReply:
+    """GetRawBlob's reply: data through ``data_fd``, then an error (or nothing) on ``error_fd``."""
+
+    value: Any
+    data_fd: int
+    error_fd: int
+
+
+Reply = Union[ValueReply, PipeReply, RawPipesReply]
+
+_ERROR_CODES = ("EPIPE", "retryable", "other")
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool = False) -> Reply:
+    """Validate one reply to ``method`` and give it its typed shape.
+
+    Raises :class:`RequestError` for a well-formed error reply and :class:`ProtocolError` for
+    anything the protocol does not allow; in both cases every fd in ``fds`` is closed.
+    """
+    try:
+        return _decode_reply(method, data, fds, truncated)
+    except BaseException:
+        _close_all(fds)
+        raise
+
+
+def _decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool) -> Reply:
+    if truncated:
+        raise ProtocolError(f"{method}: reply exceeds {MAX_REPLY_SIZE} bytes")
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"{method}: reply is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{method}: reply is not a JSON object")
+    success = obj.get("success")
+    if not isinstance(success, bool):
+        raise ProtocolError(f"{method}: reply lacks a boolean 'success'")
+    pipe_id = obj.get("pipeid", 0)
+    if isinstance(pipe_id, bool) or not isinstance(pipe_id, int) or not 0 <= pipe_id < 2**32:
+        raise ProtocolError(f"{method}: reply has an invalid 'pipeid': {pipe_id!r:.40}")
+    value = obj.get("value")
+
+    if not success:
+        if fds:
+            raise ProtocolError(f"{method}: error reply carries {len(fds)} fd(s)")
+        message = obj.get("error")
+        if not isinstance(message, str):
+            raise ProtocolError(f"{method}: error reply lacks an 'error' string")
+        code = obj.get("error_code")
+        if code in (None, ""):
+            code = None
+        elif code not in _ERROR_CODES:
+            raise ProtocolError(f"{method}: unknown error_code {code!r:.40}")
+        raise request_error(method, message, code)
+
+    shape = METHOD_SHAPES.get(method, ReplyShape.VALUE)
+    if shape is ReplyShape.VALUE:
+        if fds or pipe_id:
+            raise ProtocolError(f"{method}: reply carries {len(fds)} fd(s), pipe id {pipe_id}")
+        return ValueReply(value)
+    if shape is ReplyShape.PIPE:
+        if len(fds) != 1 or pipe_id == 0:
+            raise ProtocolError(
+                f"{method}: expected one fd and a pipe id, got {len(fds)} fd(s), pipe id {pipe_id}"
+            )
+        return PipeReply(value, pipe_id, fds[0])
+    if len(fds) != 2 or pipe_id != 0:
+        raise ProtocolError(
+            f"{method}: expected two fds and no pipe id, got {len(fds)} fd(s), pipe id {pipe_id}"
+        )
+    return RawPipesReply(value, fds[0], fds[1])
+
+
+# --- errors ---------------------------------------------------------------------------
+
+# Before 0.2.8 errors are bare strings; these are the transient network failures that
+# containers/image reports, recognised by their Go error text.
+_RETRYABLE_TEXT = re.compile(
+    r"connection reset by peer|connection refused|unexpected EOF|i/o timeout"
+    r"|TLS handshake timeout|broken pipe|use of closed network connection"
+    r"|server misbehaving|too many requests|503 Service Unavailable|502 Bad Gateway"
+    r"|http2: server sent GOAWAY|context deadline exceeded",
+    re.IGNORECASE,
+)
+
+# What containers/image says when an image is not there, as opposed to unreachable.
+_NOT_FOUND_TEXT = re.compile(
+    r"manifest unknown|name unknown|no descriptor found for reference"
+    r"|identifier is not an image|does not resolve to an image ID|image not known"
+    r"|no such image|reference .* not found|repository name not known",
+    re.IGNORECASE,
+)
+
+
+def is_retryable(message: str, error_code: Optional[str]) -> bool:
+    """Whether an error may go away if the request is sent again."""
+    if error_code is not None:
+        return error_code == "retryable"
+    return _RETRYABLE_TEXT.search(message) is not None
+
+
+def is_not_found(message: str) -> bool:
+    """Whether an OpenImage error means "no such image" rather than a failure to look."""
+    return _NOT_FOUND_TEXT.search(message) is not None
+
+
+def request_error(method: str, message: str, error_code: Optional[str]) -> RequestError:
+    """Build the :class:`RequestError` for an error the proxy reported."""
+    return RequestError(method, message, error_code, is_retryable(message, error_code))
+
+
+def decode_raw_blob_error(payload: bytes) -> Optional[RequestError]:
+    """Decode what GetRawBlob's error pipe held once it reached EOF (empty means success)."""
+    if not payload.strip():
+        return None
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"GetRawBlob: error pipe holds non-JSON: {payload[:80]!r}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("GetRawBlob: error pipe holds a non-object")
+    code = obj.get("code")
+    message = obj.get("message")
+    if code not in _ERROR_CODES or not isinstance(message, str):
+        raise ProtocolError(f"GetRawBlob: malformed error object: {payload[:120]!r}")
+    return request_error("GetRawBlob", message, code)

@@ -1,0 +1,68 @@
+"""The few socket and pipe primitives both front ends share.
+
+They work on blocking and non-blocking descriptors alike (a non-blocking one raises
+:class:`BlockingIOError` when nothing is there), so the sync front end calls them after
+``poll`` and the asyncio one from its reader callbacks.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import socket
+from typing import List, Tuple
+
+from ._protocol import MAX_REPLY_SIZE
+
+# Room for more fds than any reply may carry, so that extra ones are seen (and closed)
+# instead of being silently cut off by the kernel.
+_MAX_FDS = 16
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+_RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+READ_CHUNK = 1024 * 1024
+
+
+def receive_reply(sock: socket.socket, buf: bytearray) -> Tuple[bytes, List[int], bool]:
+    """Receive one SEQPACKET message into ``buf``: ``(payload, fds, truncated)``.
+
+    ``payload`` is empty and ``fds`` empty at EOF (the peer closed its end). ``truncated``
+    is true when the message or its fds did not fit; the fds that did arrive are returned
+    so the caller can close them.
+    """
+    nbytes, ancdata, flags, _ = sock.recvmsg_into([buf], _ANCILLARY_SIZE, _RECV_FLAGS)
+    fds: List[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            usable = len(data) - len(data) % arr.itemsize
+            arr.frombytes(data[:usable])
+            fds.extend(arr)
+    truncated = bool(flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC))
+    return bytes(buf[:nbytes]), fds, truncated
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Whether the peer closed its end, telling EOF from an (invalid) empty message."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLHUP | getattr(select, "POLLRDHUP", 0))
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True
+
+
+def new_receive_buffer() -> bytearray:
+    """A buffer large enough for any reply (see MAX_REPLY_SIZE)."""
+    return bytearray(MAX_REPLY_SIZE)
+
+
+def close_fds(*fds: int) -> None:
+    """Close descriptors, ignoring those already closed."""
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

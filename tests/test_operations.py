@@ -1,0 +1,281 @@
+"""Unit tests of the shared operations and the configuration, with the proxy side replaced by
+a list of scripted results (no process)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List, Tuple
+
+import pytest
+
+from containers_image_proxy import (
+    ConfigurationError,
+    ProtocolError,
+    ProxyConfig,
+    ProxyTooOldError,
+    RequestError,
+)
+from containers_image_proxy import _operations as ops
+from containers_image_proxy._blobstream import StreamKind
+from containers_image_proxy._config import build_command
+from containers_image_proxy._models import Digest
+from containers_image_proxy._reference import ImageReference
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+class Script:
+    """Performs actions by popping scripted results; records what was asked."""
+
+    def __init__(self, *results: Any) -> None:
+        self.results = list(results)
+        self.actions: List[ops.Action] = []
+
+    def __call__(self, action: ops.Action) -> Any:
+        self.actions.append(action)
+        result = self.results.pop(0)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def run(self, op: ops.Op) -> Any:
+        value = ops.drive(op, self)
+        assert not self.results, "unused scripted results"
+        return value
+
+
+def session(version: Tuple[int, int, int], **config: Any) -> ops.Session:
+    s = ops.Session(ProxyConfig(**config))
+    s.version = version
+    return s
+
+
+def test_initialize_sets_the_version() -> None:
+    s = ops.Session(ProxyConfig())
+    assert Script("0.2.8").run(ops.initialize(s)) == "0.2.8"
+    assert s.protocol_version == "0.2.8" and s.supports("GetRawBlob")
+
+
+def test_initialize_refuses_too_old() -> None:
+    with pytest.raises(ProxyTooOldError):
+        Script("0.2.2").run(ops.initialize(ops.Session(ProxyConfig())))
+
+
+@pytest.mark.parametrize(
+    "config", [{"policy": "/etc/containers/policy.json"}, {"require_policy_enforcement": True}]
+)
+def test_policy_on_old_proxy_fails_closed(config: Any) -> None:
+    with pytest.raises(ProxyTooOldError, match="signature policy") as e:
+        Script("0.2.5").run(ops.initialize(ops.Session(ProxyConfig(**config))))
+    assert e.value.required == "0.2.6"
+    Script("0.2.6").run(ops.initialize(ops.Session(ProxyConfig(**config))))
+
+
+def test_open_image_optional_native() -> None:
+    s = session((0, 2, 8))
+    script = Script(0)
+    assert script.run(ops.open_image_optional(s, "docker://x/y:z")) is None
+    assert script.actions == [ops.Call("OpenImageOptional", ("docker://x/y:z",))]
+    assert Script(4).run(ops.open_image_optional(s, "docker://x/y:z")) == 4
+
+
+def test_open_image_optional_emulated_on_0_2_3() -> None:
+    s = session((0, 2, 3))
+    script = Script(RequestError("OpenImage", "reading manifest: manifest unknown"))
+    assert script.run(ops.open_image_optional(s, "docker://x/y:z")) is None
+    assert script.actions[0].method == "OpenImage"  # type: ignore[union-attr]
+    with pytest.raises(RequestError, match="x509"):
+        Script(RequestError("OpenImage", "x509: unknown authority")).run(
+            ops.open_image_optional(s, "docker://x/y:z")
+        )
+
+
+def test_open_image_rejects_zero_and_garbage_ids() -> None:
+    s = session((0, 2, 8))
+    for bad in (0, -1, "3", None, True):
+        with pytest.raises(ProtocolError):
+            Script(bad).run(ops.open_image(s, "oci:/x:y"))
+
+
+def test_unknown_transport_is_refused_before_anything_is_sent() -> None:
+    script = Script()
+    with pytest.raises(ConfigurationError):
+        script.run(ops.open_image(session((0, 2, 8)), "nosuch:/x"))
+    assert script.actions == []
+
+
+def test_fetch_manifest_validates_digest() -> None:
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "a", "digest": DIGEST, "size": 2},
+        "layers": [],
+    }
+    digest, parsed = Script((DIGEST, json.dumps(manifest).encode())).run(ops.fetch_manifest(1))
+    assert digest == DIGEST and parsed.config.size == 2
+    with pytest.raises(ProtocolError):
+        Script(("sha256:short", b"{}")).run(ops.fetch_manifest(1))
+    with pytest.raises(ProtocolError):
+        Script((DIGEST, b"not json")).run(ops.fetch_manifest(1))
+
+
+LAYERS = [{"digest": DIGEST, "size": 5, "media_type": "application/vnd.oci.image.layer.v1.tar"}]
+
+
+def test_layer_info_piped_inline_and_derived() -> None:
+    ref = ImageReference.parse("oci:/l:t")
+    script = Script((None, json.dumps(LAYERS).encode()))
+    (info,) = script.run(ops.get_layer_info(session((0, 2, 8)), 1, ref))
+    assert info.size == 5 and script.actions[0].method == "GetLayerInfoPiped"  # type: ignore[union-attr]
+    script = Script(LAYERS)
+    assert script.run(ops.get_layer_info(session((0, 2, 6)), 1, ref))[0].digest == DIGEST
+    assert script.actions[0].method == "GetLayerInfo"  # type: ignore[union-attr]
+    manifest = {
+        "schemaVersion": 2,
+        "config": {"mediaType": "a", "digest": DIGEST, "size": 2},
+        "layers": [{"mediaType": "m", "digest": DIGEST, "size": 9}],
+    }
+    script = Script((DIGEST, json.dumps(manifest).encode()))
+    (info,) = script.run(ops.get_layer_info(session((0, 2, 3)), 1, ref))
+    assert (info.size, info.media_type) == (9, "m")
+
+
+def test_layer_info_for_containers_storage_on_0_2_3_names_the_release() -> None:
+    ref = ImageReference.parse("containers-storage:localhost/x:latest")
+    with pytest.raises(ProxyTooOldError, match="1.11"):
+        Script().run(ops.get_layer_info(session((0, 2, 3)), 1, ref))
+
+
+def test_layer_info_garbage() -> None:
+    ref = ImageReference.parse("oci:/l:t")
+    for bad in ({"a": 1}, [{"digest": "nope", "size": 1, "media_type": "x"}], "x"):
+        with pytest.raises(ProtocolError):
+            Script(bad).run(ops.get_layer_info(session((0, 2, 6)), 1, ref))
+
+
+def test_get_blob_picks_the_method_by_version() -> None:
+    script = Script("reader")
+    assert script.run(ops.get_blob(session((0, 2, 8)), 1, DIGEST, 10)) == "reader"
+    (action,) = script.actions
+    assert isinstance(action, ops.OpenStream)
+    assert action.method == "GetRawBlob" and action.args == (1, DIGEST)
+    assert action.spec.kind is StreamKind.RAW and action.spec.verify
+    script = Script("reader")
+    script.run(ops.get_blob(session((0, 2, 6)), 1, DIGEST, 10))
+    (action,) = script.actions
+    assert isinstance(action, ops.OpenStream)
+    assert action.method == "GetBlob" and action.args == (1, DIGEST, 10)
+    assert not action.spec.verify  # skopeo verifies GetBlob itself
+
+
+@pytest.mark.parametrize("digest", ["sha256:abc", "md5:" + "a" * 32, "", 5, "SHA256:" + "A" * 64])
+def test_get_blob_rejects_malformed_digests_before_sending(digest: Any) -> None:
+    script = Script()
+    with pytest.raises(ConfigurationError):
+        script.run(ops.get_blob(session((0, 2, 8)), 1, digest, 10))
+    assert script.actions == []
+
+
+@pytest.mark.parametrize("size", [-1, "10", None, 1.0, True])
+def test_get_blob_rejects_bad_sizes(size: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        Script().run(ops.get_blob(session((0, 2, 8)), 1, DIGEST, size))
+
+
+def test_get_raw_blob_needs_0_2_8() -> None:
+    with pytest.raises(ProxyTooOldError, match="get_raw_blob"):
+        Script().run(ops.get_raw_blob(session((0, 2, 6)), 1, DIGEST, None, False))
+
+
+def test_retries_only_retryable_errors_with_backoff() -> None:
+    s = session((0, 2, 8), retries=2)
+    flaky = RequestError("GetRawBlob", "connection reset", "retryable", True)
+    script = Script(flaky, None, flaky, None, "reader")
+    assert script.run(ops.get_blob(s, 1, DIGEST, 10)) == "reader"
+    sleeps = [a.seconds for a in script.actions if isinstance(a, ops.Sleep)]
+    assert sleeps == [0.2, 0.4]
+    with pytest.raises(RequestError):
+        Script(flaky, None, flaky, None, flaky).run(ops.get_blob(s, 1, DIGEST, 10))
+    final = RequestError("GetRawBlob", "denied", "other", False)
+    with pytest.raises(RequestError, match="denied"):
+        Script(final).run(ops.get_blob(s, 1, DIGEST, 10))
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def test_default_command() -> None:
+    assert build_command(ProxyConfig()) == ("skopeo", "experimental-image-proxy")
+
+
+def test_full_command() -> None:
+    config = ProxyConfig(
+        skopeo=("podman", "unshare", "skopeo"),
+        authfile="/a.json",
+        cert_dir="/certs",
+        tls_verify=False,
+        policy="/p.json",
+        registries_conf="/r.conf",
+        registries_d="/r.d",
+        override_os="linux",
+        override_arch="arm64",
+        override_variant="v8",
+        user_agent_prefix="me/1",
+        debug=True,
+    )
+    argv = build_command(config, supports_user_agent_prefix=True)
+    assert argv == (
+        "podman", "unshare", "skopeo", "--debug", "--policy", "/p.json",
+        "--registries-conf", "/r.conf", "--registries.d", "/r.d", "--override-os", "linux",
+        "--override-arch", "arm64", "--override-variant", "v8", "--user-agent-prefix", "me/1",
+        "experimental-image-proxy", "--authfile", "/a.json", "--cert-dir", "/certs",
+        "--tls-verify=false",
+    )  # fmt: skip
+    assert "--user-agent-prefix" not in build_command(config)
+
+
+def test_auth_data_goes_through_an_fd_only() -> None:
+    secret = '{"auths": {"r": {"auth": "c2VjcmV0OnB3"}}}'
+    config = ProxyConfig(auth_data=secret)
+    argv = build_command(config, auth_fd=7)
+    assert argv[-2:] == ("--authfile", "/proc/self/fd/7")
+    assert not any("c2VjcmV0" in a for a in argv)
+    assert "c2VjcmV0" not in repr(config) and "redacted" in repr(config)
+    with pytest.raises(ConfigurationError):
+        build_command(config)
+
+
+def test_anonymous() -> None:
+    assert build_command(ProxyConfig(auth_anonymous=True))[-1] == "--no-creds"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"authfile": "/a", "auth_data": b"{}"},
+        {"authfile": "/a", "auth_anonymous": True},
+        {"auth_data": "{}", "auth_anonymous": True},
+        {"skopeo": ()},
+        {"skopeo": ("",)},
+        {"stall_timeout": 0},
+        {"retries": -1},
+        {"policy": "/p", "insecure_policy": True},
+        {"override_arch": ""},
+    ],
+)
+def test_invalid_configurations(fields: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        ProxyConfig(**fields)
+
+
+def test_skopeo_as_a_plain_string() -> None:
+    assert ProxyConfig(skopeo="/usr/bin/skopeo").skopeo == ("/usr/bin/skopeo",)
+
+
+def test_debug_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTAINERS_IMAGE_PROXY_DEBUG", "1")
+    assert "--debug" in build_command(ProxyConfig())
+
+
+def test_digest_helpers() -> None:
+    assert ops._digest_arg(DIGEST) == Digest(DIGEST)

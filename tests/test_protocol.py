@@ -1,0 +1,406 @@
+"""Unit tests of the sans-IO protocol core: no process, no socket."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, List
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from containers_image_proxy import (
+    BlobVerificationError,
+    ConfigurationError,
+    ProtocolError,
+    ProxyTooOldError,
+    RequestError,
+)
+from containers_image_proxy._blobstream import BlobStream, StreamEnds, StreamKind, StreamSpec
+from containers_image_proxy._models import Digest
+from containers_image_proxy._protocol import (
+    MAX_JSON_INT,
+    MAX_REQUEST_SIZE,
+    Feature,
+    PipeReply,
+    RawPipesReply,
+    ValueReply,
+    check_minimum_version,
+    decode_raw_blob_error,
+    decode_reply,
+    encode_request,
+    has_feature,
+    is_not_found,
+    is_retryable,
+    parse_version,
+    require_feature,
+)
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def pipe_fds() -> Any:
+    made: List[int] = []
+
+    def make(n: int) -> List[int]:
+        out = []
+        for _ in range(n):
+            r, w = os.pipe()
+            os.close(w)
+            made.append(r)
+            out.append(r)
+        return out
+
+    yield make
+    for fd in made:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def reply(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+def test_encode_request_is_compact_json() -> None:
+    data = encode_request("GetBlob", (1, "sha256:" + "a" * 64, 12))
+    assert json.loads(data) == {"method": "GetBlob", "args": [1, "sha256:" + "a" * 64, 12]}
+    assert b" " not in data
+
+
+@pytest.mark.parametrize("arg", [-1, MAX_JSON_INT + 1, True, 1.5, None, [1]])
+def test_encode_request_rejects_what_the_proxy_cannot_take(arg: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        encode_request("OpenImage", (arg,))
+
+
+def test_encode_request_refuses_requests_over_the_proxy_buffer() -> None:
+    encode_request("OpenImage", ("x" * (MAX_REQUEST_SIZE - 100),))
+    with pytest.raises(ConfigurationError, match="exceeds"):
+        encode_request("OpenImage", ("x" * MAX_REQUEST_SIZE,))
+
+
+# --- versions and features ----------------------------------------------------------------
+
+
+def test_parse_version() -> None:
+    assert parse_version("0.2.8") == (0, 2, 8)
+    for bad in ("0.2", "v0.2.3", "0.2.3-dev", 3, None, ""):
+        with pytest.raises(ProtocolError):
+            parse_version(bad)
+
+
+def test_minimum_version() -> None:
+    check_minimum_version((0, 2, 3))
+    with pytest.raises(ProxyTooOldError) as e:
+        check_minimum_version((0, 2, 2))
+    assert e.value.found == "0.2.2" and e.value.required == "0.2.3"
+
+
+@pytest.mark.parametrize(
+    "version,feature,expected",
+    [
+        ((0, 2, 3), Feature.FULL_CONFIG, True),
+        ((0, 2, 3), Feature.OPEN_IMAGE_OPTIONAL, False),
+        ((0, 2, 4), Feature.OPEN_IMAGE_OPTIONAL, True),
+        ((0, 2, 5), Feature.LAYER_INFO, True),
+        ((0, 2, 5), Feature.POLICY_ENFORCEMENT, False),
+        ((0, 2, 6), Feature.POLICY_ENFORCEMENT, True),
+        ((0, 2, 6), Feature.LAYER_INFO_PIPED, False),
+        ((0, 2, 7), Feature.LAYER_INFO_PIPED, True),
+        ((0, 2, 7), Feature.RAW_BLOB, False),
+        ((0, 2, 8), Feature.RAW_BLOB, True),
+        ((0, 3, 0), Feature.RAW_BLOB, True),
+    ],
+)
+def test_feature_table(version: Any, feature: Feature, expected: bool) -> None:
+    assert has_feature(version, feature) is expected
+    assert has_feature(version, feature.value) is expected
+
+
+def test_unknown_feature_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="unknown feature"):
+        has_feature((0, 2, 8), "teleport")
+
+
+def test_require_feature_names_the_release() -> None:
+    with pytest.raises(ProxyTooOldError) as e:
+        require_feature((0, 2, 3), Feature.RAW_BLOB, "get_raw_blob")
+    assert "0.2.8" in str(e.value) and "1.19" in str(e.value) and "0.2.3" in str(e.value)
+
+
+# --- replies ----------------------------------------------------------------------------
+
+
+def test_value_reply() -> None:
+    r = decode_reply("OpenImage", reply(success=True, value=3, pipeid=0, error=""), [])
+    assert r == ValueReply(3)
+
+
+def test_pipe_reply(pipe_fds: Any) -> None:
+    (fd,) = pipe_fds(1)
+    r = decode_reply("GetManifest", reply(success=True, value="sha256:x", pipeid=7), [fd])
+    assert r == PipeReply("sha256:x", 7, fd)
+    assert fd_is_open(fd)
+
+
+def test_raw_pipes_reply(pipe_fds: Any) -> None:
+    a, b = pipe_fds(2)
+    r = decode_reply("GetRawBlob", reply(success=True, value=10, pipeid=0), [a, b])
+    assert r == RawPipesReply(10, a, b)
+
+
+def test_error_reply_becomes_request_error() -> None:
+    data = reply(success=False, value=None, pipeid=0, error="manifest unknown", error_code="other")
+    with pytest.raises(RequestError) as e:
+        decode_reply("OpenImage", data, [])
+    assert e.value.method == "OpenImage"
+    assert e.value.message == "manifest unknown"
+    assert e.value.error_code == "other"
+    assert e.value.retryable is False
+
+
+def test_error_reply_retryable_code() -> None:
+    data = reply(success=False, pipeid=0, error="blob unknown", error_code="retryable")
+    with pytest.raises(RequestError) as e:
+        decode_reply("GetRawBlob", data, [])
+    assert e.value.retryable is True
+
+
+def test_error_reply_without_code_is_classified_from_text() -> None:
+    data = reply(success=False, pipeid=0, error="read tcp: connection reset by peer")
+    with pytest.raises(RequestError) as e:
+        decode_reply("GetBlob", data, [])
+    assert e.value.error_code is None and e.value.retryable is True
+
+
+MALFORMED = [
+    (b"not json", 0),
+    (b"[1,2]", 0),
+    (b'"string"', 0),
+    (reply(value=1), 0),  # no success
+    (reply(success="yes", value=1), 0),
+    (reply(success=True, value=1, pipeid=-1), 0),
+    (reply(success=True, value=1, pipeid=2**32), 0),
+    (reply(success=True, value=1, pipeid="1"), 0),
+    (reply(success=True, value=1, pipeid=True), 0),
+    (reply(success=False, pipeid=0), 0),  # error without message
+    (reply(success=False, pipeid=0, error=3), 0),
+    (reply(success=False, pipeid=0, error="x", error_code="weird"), 0),
+    (reply(success=False, pipeid=0, error="x"), 1),  # error carrying an fd
+    (reply(success=True, value=1, pipeid=0), 1),  # value reply with an fd
+    (reply(success=True, value=1, pipeid=4), 0),  # value reply with a pipe id
+    (b"\xff\xfe", 0),
+]
+
+
+@pytest.mark.parametrize("data,nfds", MALFORMED)
+def test_malformed_replies_are_protocol_errors_and_close_fds(
+    data: bytes, nfds: int, pipe_fds: Any
+) -> None:
+    fds = pipe_fds(nfds)
+    with pytest.raises(ProtocolError):
+        decode_reply("OpenImage", data, fds)
+    assert not any(fd_is_open(fd) for fd in fds)
+
+
+@pytest.mark.parametrize(
+    "method,pipeid,nfds",
+    [
+        ("GetManifest", 0, 1),  # pipe without id
+        ("GetManifest", 3, 0),  # id without pipe
+        ("GetManifest", 3, 2),  # extra fd
+        ("GetBlob", 5, 3),
+        ("GetRawBlob", 0, 1),  # missing error fd
+        ("GetRawBlob", 0, 3),
+        ("GetRawBlob", 9, 2),  # raw pipes never have an id
+    ],
+)
+def test_wrong_fd_counts(method: str, pipeid: int, nfds: int, pipe_fds: Any) -> None:
+    fds = pipe_fds(nfds)
+    with pytest.raises(ProtocolError):
+        decode_reply(method, reply(success=True, value=1, pipeid=pipeid), fds)
+    assert not any(fd_is_open(fd) for fd in fds)
+
+
+def test_truncated_reply_is_a_protocol_error(pipe_fds: Any) -> None:
+    fds = pipe_fds(1)
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decode_reply("GetManifest", reply(success=True, value="x", pipeid=1), fds, True)
+    assert not fd_is_open(fds[0])
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_escape_as_other_errors(data: bytes) -> None:
+    try:
+        decode_reply("GetManifest", data, [])
+    except (ProtocolError, RequestError):
+        pass
+
+
+json_values = st.none() | st.booleans() | st.integers() | st.text(max_size=10) | st.just([])
+field_names = ["success", "value", "pipeid", "error", "error_code", "x"]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@given(
+    st.dictionaries(st.sampled_from(field_names), json_values | st.sampled_from(["other", ""])),
+    st.sampled_from(["OpenImage", "GetManifest", "GetRawBlob", "FinishPipe"]),
+    st.integers(min_value=0, max_value=3),
+)
+def test_fuzzed_reply_objects(obj: Any, method: str, nfds: int) -> None:
+    fds = []
+    for _ in range(nfds):
+        r, w = os.pipe()
+        os.close(w)
+        fds.append(r)
+    try:
+        result = decode_reply(method, json.dumps(obj).encode(), fds)
+    except (ProtocolError, RequestError):
+        assert not any(fd_is_open(fd) for fd in fds)
+        return
+    held = set()
+    if isinstance(result, PipeReply):
+        held = {result.fd}
+    elif isinstance(result, RawPipesReply):
+        held = {result.data_fd, result.error_fd}
+    assert held == set(fds)
+    for fd in fds:
+        os.close(fd)
+
+
+# --- error classification --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message,found",
+    [
+        ("reading manifest latest in 127.0.0.1:5000/x: manifest unknown: manifest unknown", True),
+        ('no descriptor found for reference "missing"', True),
+        ("identifier is not an image", True),
+        ("open /nope/index.json: no such file or directory", False),
+        ("x509: certificate signed by unknown authority", False),
+        ("unauthorized: authentication required", False),
+    ],
+)
+def test_not_found_classification(message: str, found: bool) -> None:
+    assert is_not_found(message) is found
+
+
+def test_retryable_classification() -> None:
+    assert is_retryable("anything", "retryable")
+    assert not is_retryable("connection reset by peer", "other")
+    assert is_retryable("read: connection reset by peer", None)
+    assert is_retryable("unexpected EOF", None)
+    assert not is_retryable("manifest unknown", None)
+
+
+def test_raw_blob_error_pipe() -> None:
+    assert decode_raw_blob_error(b"") is None
+    err = decode_raw_blob_error(b'{"code":"retryable","message":"unexpected EOF"}')
+    assert isinstance(err, RequestError) and err.retryable and err.error_code == "retryable"
+    for bad in (b"nope", b"[]", b'{"code":"bogus","message":"x"}', b'{"code":"other"}'):
+        with pytest.raises(ProtocolError):
+            decode_raw_blob_error(bad)
+
+
+# --- blob streams ----------------------------------------------------------------------
+
+DATA = b"hello blob" * 10
+DIGEST = Digest.of(DATA)
+
+
+def spec(kind: StreamKind, size: Any = len(DATA), verify: bool = True) -> StreamSpec:
+    return StreamSpec(kind, DIGEST, size, verify)
+
+
+def test_pipe_stream_reads_exactly_the_size() -> None:
+    s = BlobStream(spec(StreamKind.PIPE, verify=False), len(DATA))
+    assert s.want(1 << 20) == len(DATA)
+    s.feed(DATA[:30])
+    assert s.want(1 << 20) == len(DATA) - 30
+    s.feed(DATA[30:])
+    assert s.want(1 << 20) == 0 and s.complete
+    s.finish_pipe_result(None)
+    s.check()
+
+
+def test_raw_stream_probes_for_eof_after_the_size() -> None:
+    s = BlobStream(spec(StreamKind.RAW), len(DATA))
+    s.feed(DATA)
+    assert s.want(1 << 20) == 1  # one more read must see EOF
+    s.raw_result(None)
+    s.check()
+
+
+def test_raw_stream_digest_mismatch() -> None:
+    s = BlobStream(spec(StreamKind.RAW), len(DATA))
+    s.feed(DATA[:-1] + b"X")
+    with pytest.raises(BlobVerificationError, match="content has digest"):
+        s.check()
+
+
+def test_raw_stream_short_and_long() -> None:
+    s = BlobStream(spec(StreamKind.RAW), -1)
+    s.feed(DATA[:-3])
+    with pytest.raises(BlobVerificationError, match="expected"):
+        s.check()
+    s = BlobStream(spec(StreamKind.RAW), -1)
+    s.feed(DATA + b"extra")
+    assert s.overflowed
+    with pytest.raises(BlobVerificationError, match="more than"):
+        s.check()
+
+
+def test_reported_size_mismatch_is_known_before_reading() -> None:
+    s = BlobStream(spec(StreamKind.PIPE, size=len(DATA) + 5), len(DATA))
+    assert isinstance(s.early_error, BlobVerificationError)
+
+
+def test_unverified_raw_stream_of_unknown_size() -> None:
+    s = BlobStream(spec(StreamKind.RAW, size=None, verify=False), -1)
+    assert s.size is None and s.want(4096) == 4096
+    s.feed(b"whatever")
+    s.raw_result(None)
+    s.check()
+
+
+@pytest.mark.parametrize(
+    "message,kind",
+    [
+        ("corrupted blob, expecting sha256:abc", BlobVerificationError),
+        ("expected 10 bytes in blob, got 7", BlobVerificationError),
+        ("unexpected EOF", RequestError),
+    ],
+)
+def test_finish_pipe_errors(message: str, kind: type) -> None:
+    s = BlobStream(spec(StreamKind.PIPE, verify=False), len(DATA))
+    s.feed(DATA)
+    s.finish_pipe_result(RequestError("FinishPipe", message))
+    with pytest.raises(kind):
+        s.check()
+
+
+@pytest.mark.parametrize("size", ["10", None, 1.5, True, -2, MAX_JSON_INT + 1])
+def test_invalid_reported_size(size: Any) -> None:
+    with pytest.raises(ProtocolError):
+        BlobStream(spec(StreamKind.RAW), size)
+
+
+def test_stream_ends_close_fds_on_bad_size(pipe_fds: Any) -> None:
+    a, b = pipe_fds(2)
+    with pytest.raises(ProtocolError):
+        StreamEnds(RawPipesReply("big", a, b), spec(StreamKind.RAW))
+    assert not fd_is_open(a) and not fd_is_open(b)
