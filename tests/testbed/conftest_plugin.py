@@ -32,9 +32,9 @@ RELEASE_PROPERTY = "skopeo_release"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # Here rather than in @pytest.fixture(params=...): probing the binaries then happens
-    # only when a collected test needs a release, and a bad CIP_SKOPEO_RELEASES fails the
-    # tests that use it instead of the whole session.
+    # Here rather than in @pytest.fixture(params=...), which would run at import: the
+    # binaries are probed only when a collected test needs a release, and a bad
+    # CIP_SKOPEO_RELEASES is reported as a collection error of the modules that use it.
     if "skopeo_release" not in metafunc.fixturenames:
         return
     releases = available_releases()
