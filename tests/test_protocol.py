@@ -17,7 +17,8 @@ from containers_image_proxy import (
     ProxyTooOldError,
     RequestError,
 )
-from containers_image_proxy._blobstream import BlobStream, StreamEnds, StreamKind, StreamSpec
+from containers_image_proxy._blobstream import BlobStream, StreamKind, StreamSpec
+from containers_image_proxy._streaming import StreamEnds
 from containers_image_proxy._models import Digest
 from containers_image_proxy._protocol import (
     MAX_JSON_INT,
@@ -402,5 +403,72 @@ def test_invalid_reported_size(size: Any) -> None:
 def test_stream_ends_close_fds_on_bad_size(pipe_fds: Any) -> None:
     a, b = pipe_fds(2)
     with pytest.raises(ProtocolError):
-        StreamEnds(RawPipesReply("big", a, b), spec(StreamKind.RAW))
+        StreamEnds(RawPipesReply("big", a, b), spec(StreamKind.RAW), "GetRawBlob", ())
     assert not fd_is_open(a) and not fd_is_open(b)
+
+
+# --- the connection's ticket FIFO ----------------------------------------------------------
+
+from containers_image_proxy._connection import Connection  # noqa: E402
+
+
+def test_replies_resolve_tickets_in_order() -> None:
+    conn = Connection()
+    _, first = conn.request("OpenImage", ("oci:/a:b",))
+    _, second = conn.request("CloseImage", (1,))
+    conn.receive(reply(success=True, value=1, pipeid=0), [], False)
+    assert first.done and not second.done and first.result() == ValueReply(1)
+    conn.receive(reply(success=False, error="no such image", pipeid=0), [], False)
+    with pytest.raises(RequestError, match="CloseImage: no such image"):
+        second.result()
+    assert not conn.pending
+
+
+def test_abandoned_pipe_reply_is_released(pipe_fds: Any) -> None:
+    conn = Connection()
+    _, ticket = conn.request("GetManifest", (1,))
+    ticket.abandoned = True
+    (fd,) = pipe_fds(1)
+    _, follow_ups = conn.receive(reply(success=True, value="x", pipeid=9), [fd], False)
+    assert not fd_is_open(fd)
+    assert follow_ups == [("FinishPipe", (9,))]
+
+
+def test_abandoned_open_is_closed_and_raw_pipes_released(pipe_fds: Any) -> None:
+    conn = Connection()
+    _, opened = conn.request("OpenImageOptional", ("oci:/a:b",))
+    _, raw = conn.request("GetRawBlob", (1, "sha256:" + "0" * 64))
+    opened.abandoned = raw.abandoned = True
+    assert conn.receive(reply(success=True, value=4, pipeid=0), [], False)[1] == [
+        ("CloseImage", (4,))
+    ]
+    a, b = pipe_fds(2)
+    assert conn.receive(reply(success=True, value=3, pipeid=0), [a, b], False)[1] == []
+    assert not fd_is_open(a) and not fd_is_open(b)
+
+
+def test_unsolicited_reply_fails_the_connection(pipe_fds: Any) -> None:
+    conn = Connection()
+    (fd,) = pipe_fds(1)
+    with pytest.raises(ProtocolError, match="no request outstanding"):
+        conn.receive(reply(success=True, value=1, pipeid=3), [fd], False)
+    assert not fd_is_open(fd)
+    with pytest.raises(ProtocolError):
+        conn.request("OpenImage", ("x:y",))
+
+
+def test_protocol_error_fails_every_outstanding_ticket() -> None:
+    conn = Connection()
+    tickets = [conn.request("OpenImage", ("oci:/a:b",))[1] for _ in range(3)]
+    with pytest.raises(ProtocolError):
+        conn.receive(b"garbage", [], False)
+    for t in tickets:
+        with pytest.raises(ProtocolError):
+            t.result()
+    assert conn.head_exempt is False
+
+
+def test_exempt_head() -> None:
+    conn = Connection()
+    conn.request("FinishPipe", (3,), exempt=True)
+    assert conn.head_exempt

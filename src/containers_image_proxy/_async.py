@@ -1,10 +1,10 @@
 """The asyncio front end: :class:`AsyncImageProxy` and :class:`AsyncBlobReader`.
 
-Requests are pipelined: each is sent at once and its future queued; replies come back in
-order and a reader callback on the socket resolves the futures first in, first out. A task
-cancelled while waiting leaves its future in the queue, so the reply stream never shifts;
-when its reply comes, whatever it carries is released (fds closed, FinishPipe or CloseImage
-sent for it) instead of being leaked.
+Requests are pipelined: each is sent at once and its ticket queued
+(:class:`~._connection.Connection`); a reader callback on the socket resolves the tickets
+first in, first out. A task cancelled while waiting leaves its ticket in the queue, marked
+abandoned, so the reply stream never shifts; when its reply comes, whatever it carries is
+released (fds closed, FinishPipe or CloseImage sent for it) instead of being leaked.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import asyncio
 import collections
 import os
 import weakref
-from typing import Any, AsyncIterator, Deque, List, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Deque, Generator, List, Optional, Tuple, Union
 
 from . import _operations as ops
-from ._blobstream import StreamEnds, StreamKind, StreamSpec
+from . import _streaming as streaming
+from ._blobstream import StreamKind, StreamSpec
 from ._config import ProxyConfig
+from ._connection import Connection, Ticket, release
 from ._errors import (
     ProtocolError,
     ProxyClosedError,
@@ -29,26 +31,16 @@ from ._errors import (
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
-from ._protocol import (
-    Feature,
-    PipeReply,
-    RawPipesReply,
-    Reply,
-    ValueReply,
-    decode_raw_blob_error,
-    decode_reply,
-    encode_request,
-)
+from ._protocol import Feature, PipeReply, Reply, ValueReply, encode_request
 from ._reference import ImageReference
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
 
-_IMAGE_OPENERS = ("OpenImage", "OpenImageOptional")
 
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    # a future nobody awaits must still have its exception fetched, or asyncio logs it
-    if not fut.cancelled():
-        fut.exception()
+def _wake(ticket: Ticket) -> None:
+    """Tell the task waiting on ``ticket`` (if any) that it is resolved."""
+    fut = ticket.waiter
+    if fut is not None and not fut.done():
+        fut.set_result(None)
 
 
 class AsyncImageProxy:
@@ -69,10 +61,9 @@ class AsyncImageProxy:
         self._config = config if config is not None else ProxyConfig()
         self._session = ops.Session(self._config)
         self._process: Optional[SkopeoProcess] = None
-        self._pending: Deque[Tuple[str, asyncio.Future[Reply]]] = collections.deque()
+        self._conn = Connection()
         self._outbox: Deque[bytes] = collections.deque()
         self._buf = new_receive_buffer()
-        self._failure: Optional[ProxyError] = None
         self._closed = False
 
     @classmethod
@@ -132,18 +123,20 @@ class AsyncImageProxy:
 
     async def close(self) -> None:
         """Send Shutdown, reap skopeo, and raise ProxyExitedError if it exited non-zero."""
-        if self._closed or self._process is None:
+        process = self._process
+        if process is None or not self._finalizer.alive:
             self._closed = True
             return
+        already_failed = self._conn.failure is not None
         self._closed = True
-        process = self._process
         self._stop_watching()
-        if self._failure is None:
+        if not already_failed:
             try:
                 process.sock.setblocking(True)
                 process.sock.sendmsg([encode_request("Shutdown", ())])
             except OSError:
                 pass
+            self._fail(ProxyClosedError("the proxy was closed"))
         code = await self._loop.run_in_executor(None, process.wait, 10.0)
         if code is None:
             process.kill()
@@ -151,15 +144,14 @@ class AsyncImageProxy:
         stderr = process.stderr_tail()
         self._finalizer.detach()
         process.release()
-        self._fail_pending(ProxyClosedError("the proxy was closed"))
-        if code != 0 and self._failure is None:
+        if code != 0 and not already_failed:
             raise ProxyExitedError(code, stderr, "shutdown")
 
     # --- the connection ---------------------------------------------------------------
 
     def _check_usable(self) -> SkopeoProcess:
-        if self._failure is not None:
-            raise self._failure
+        if self._conn.failure is not None:
+            raise self._conn.failure
         if self._closed or self._process is None:
             raise ProxyClosedError("the proxy is closed" if self._closed else "not started")
         return self._process
@@ -169,39 +161,36 @@ class AsyncImageProxy:
             self._loop.remove_reader(self._process.sock.fileno())
             self._loop.remove_writer(self._process.sock.fileno())
 
-    def _fail_pending(self, err: BaseException) -> None:
-        while self._pending:
-            _, fut = self._pending.popleft()
-            if not fut.done():
-                fut.set_exception(err)
-                fut.add_done_callback(_retrieve)
+    def _fail(self, err: ProxyError) -> None:
+        for ticket in self._conn.fail(err):
+            _wake(ticket)
 
     def _teardown(self, failure: Optional[ProxyError]) -> None:
-        """Kill skopeo; pending and later requests fail with ``failure``."""
-        if self._failure is None:
-            self._failure = failure or ProxyClosedError("the proxy was torn down")
+        """Kill skopeo; outstanding and later requests fail with ``failure``."""
         self._closed = True
         self._stop_watching()
-        self._fail_pending(self._failure)
+        self._fail(failure or ProxyClosedError("the proxy was torn down"))
         if self._process is not None:
             self._finalizer()
 
-    def _submit(self, method: str, args: Tuple[Any, ...]) -> asyncio.Future[Reply]:
+    def _submit(
+        self, method: str, args: Tuple[Any, ...], *, exempt: bool = False, abandoned: bool = False
+    ) -> Ticket:
         process = self._check_usable()
-        request = encode_request(method, args)
-        fut: asyncio.Future[Reply] = self._loop.create_future()
-        self._pending.append((method, fut))
+        data, ticket = self._conn.request(method, args, exempt=exempt)
+        ticket.abandoned = abandoned
+        if not abandoned:
+            ticket.waiter = self._loop.create_future()
         if not self._outbox:
             try:
-                process.sock.send(request)  # SEQPACKET: all of it, or EAGAIN
-                return fut
+                process.sock.send(data)  # SEQPACKET: all of it, or EAGAIN
+                return ticket
             except BlockingIOError:
                 self._loop.add_writer(process.sock.fileno(), self._on_writable)
             except OSError:
-                self._on_connection_lost(method)
-                return fut
-        self._outbox.append(request)
-        return fut
+                return ticket  # the reader callback sees EOF and reports the exit
+        self._outbox.append(data)
+        return ticket
 
     def _on_writable(self) -> None:
         assert self._process is not None
@@ -211,86 +200,73 @@ class AsyncImageProxy:
             except BlockingIOError:
                 return
             except OSError:
-                self._on_connection_lost("sending a request")
-                return
+                self._outbox.clear()
+                break
             self._outbox.popleft()
         self._loop.remove_writer(self._process.sock.fileno())
 
     def _on_readable(self) -> None:
-        assert self._process is not None
-        while self._failure is None:
+        process = self._process
+        assert process is not None
+        while self._conn.failure is None:
             try:
-                data, fds, truncated = receive_reply(self._process.sock, self._buf)
+                data, fds, truncated = receive_reply(process.sock, self._buf)
             except BlockingIOError:
                 return
             except OSError:
                 data, fds, truncated = b"", [], False
             if not data and not fds:
-                method = self._pending[0][0] if self._pending else "idle"
-                if not peer_closed(self._process.sock):
-                    self._teardown(ProtocolError(f"{method}: empty reply"))
-                    return
-                self._on_connection_lost(method)
+                head = self._conn.pending[0].method if self._conn.pending else "idle"
+                if peer_closed(process.sock):
+                    self._on_connection_lost(head)
+                else:
+                    self._teardown(ProtocolError(f"{head}: empty reply"))
                 return
-            if not self._pending:
-                close_fds(*fds)
-                self._teardown(ProtocolError("reply received with no request outstanding"))
-                return
-            method, fut = self._pending.popleft()
             try:
-                reply = decode_reply(method, data, fds, truncated)
-            except RequestError as e:
-                if not fut.done():
-                    fut.set_exception(e)
-                continue
+                ticket, follow_ups = self._conn.receive(data, fds, truncated)
             except ProtocolError as e:
-                if not fut.done():
-                    fut.set_exception(e)
-                    fut.add_done_callback(_retrieve)
                 self._teardown(e)
                 return
-            if fut.done():  # its caller was cancelled: release what the reply holds
-                self._discard(method, reply)
-            else:
-                fut.set_result(reply)
-
-    def _discard(self, method: str, reply: Reply) -> None:
-        if isinstance(reply, PipeReply):
-            close_fds(reply.fd)
-            self._submit("FinishPipe", (reply.pipe_id,)).cancel()
-        elif isinstance(reply, RawPipesReply):
-            close_fds(reply.data_fd, reply.error_fd)
-        elif method in _IMAGE_OPENERS and isinstance(reply.value, int) and reply.value > 0:
-            self._submit("CloseImage", (reply.value,)).cancel()
+            _wake(ticket)
+            for method, args in follow_ups:
+                self._submit(method, args, abandoned=True)
 
     def _on_connection_lost(self, context: str) -> None:
         process = self._process
         assert process is not None
         self._stop_watching()
-        # the exit status may take a moment to be there; meanwhile nothing more is sent
-        placeholder = ProxyExitedError(None, "", context)
-        self._failure = placeholder
 
         async def report() -> None:
+            # the exit status may take a moment to be there
             err = await self._loop.run_in_executor(None, process.exited_error, context)
-            self._failure = None
             self._teardown(err)
 
         self._loop.create_task(report())
 
-    async def _reply(self, fut: asyncio.Future[Reply], context: str) -> Reply:
-        timeout = self._config.stall_timeout
-        try:
-            if timeout is None:
-                return await fut
-            done, _ = await asyncio.wait({fut}, timeout=timeout)
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-        if not done:
-            fut.cancel()
-            raise self._stalled(context)
-        return fut.result()
+    async def _wait(self, ticket: Ticket) -> Reply:
+        fut: Optional[asyncio.Future[None]] = ticket.waiter
+        if not ticket.done:
+            assert fut is not None, "waiting on an abandoned ticket"
+            timeout = None if ticket.exempt else self._config.stall_timeout
+            try:
+                if timeout is None:
+                    await asyncio.shield(fut)
+                else:
+                    done, _ = await asyncio.wait({fut}, timeout=timeout)
+                    if not done:
+                        raise self._stalled(f"{ticket.method} request")
+            except asyncio.CancelledError:
+                if ticket.done and ticket.reply is not None:
+                    # the reply came as we were cancelled: nobody will take it, release it
+                    for method, args in release(ticket.method, ticket.reply):
+                        self._submit(method, args, abandoned=True)
+                else:
+                    ticket.abandoned = True  # its reply, when it comes, is released
+                raise
+        return ticket.result()
+
+    async def _call(self, method: str, args: Tuple[Any, ...]) -> Reply:
+        return await self._wait(self._submit(method, args))
 
     def _stalled(self, context: str) -> ProxyStalledError:
         assert self._config.stall_timeout is not None and self._process is not None
@@ -298,7 +274,7 @@ class AsyncImageProxy:
         self._teardown(err)
         return err
 
-    async def _readable(self, fd: int, context: str) -> None:
+    async def _readable(self, fd: int, context: str, timeout: Optional[float]) -> bool:
         fut: asyncio.Future[None] = self._loop.create_future()
 
         def ready() -> None:
@@ -307,79 +283,120 @@ class AsyncImageProxy:
 
         self._loop.add_reader(fd, ready)
         try:
-            timeout = self._config.stall_timeout
             if timeout is None:
                 await fut
-            else:
-                done, _ = await asyncio.wait({fut}, timeout=timeout)
-                if not done:
-                    raise self._stalled(context)
+                return True
+            done, _ = await asyncio.wait({fut}, timeout=timeout)
+            return bool(done)
         finally:
             self._loop.remove_reader(fd)
 
-    async def _read_fd(self, fd: int, size: int, context: str) -> bytes:
+    async def _wait_data(self, fd: int, context: str) -> None:
+        if not await self._readable(fd, context, self._config.stall_timeout):
+            raise self._stalled(context)
+
+    async def _read_all(self, fd: int, context: str) -> bytes:
+        chunks: List[bytes] = []
         while True:
             try:
-                return os.read(fd, size)
+                chunk = os.read(fd, READ_CHUNK)
             except BlockingIOError:
-                await self._readable(fd, context)
+                await self._wait_data(fd, context)
+                continue
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    async def _discard(self, fd: int, count: int, hasher: Any) -> int:
+        buf = memoryview(bytearray(min(count, READ_CHUNK)))
+        done = 0
+        while done < count:
+            try:
+                got = os.readv(fd, [buf[: min(len(buf), count - done)]])
+            except BlockingIOError:
+                await self._wait_data(fd, "resuming a blob")
+                continue
+            if not got:
+                break
+            hasher.update(buf[:got])
+            done += got
+        return done
 
     # --- performing actions -----------------------------------------------------------
 
-    async def _run(self, op: ops.Op) -> Any:
+    async def _run(self, op: Generator[Any, Any, Any]) -> Any:
         return await ops.drive_async(op, self._perform)
 
-    async def _perform(self, action: ops.Action) -> Any:
+    async def _perform(self, action: Any) -> Any:
         if isinstance(action, ops.Call):
-            reply = await self._reply(self._submit(action.method, action.args), action.method)
+            reply = await self._call(action.method, action.args)
             assert isinstance(reply, ValueReply)
             return reply.value
         if isinstance(action, ops.CallPiped):
             return await self._call_piped(action.method, action.args)
+        if isinstance(action, ops.OpenStream):
+            return await self._open_stream(action.method, action.args, action.spec)
         if isinstance(action, ops.Sleep):
             await asyncio.sleep(action.seconds)
             return None
-        return await self._open_stream(action.method, action.args, action.spec)
+        if isinstance(action, streaming.Submit):
+            return self._submit(
+                action.method, action.args, exempt=action.exempt, abandoned=action.abandoned
+            )
+        if isinstance(action, streaming.Wait):
+            return await self._wait(action.ticket)
+        if isinstance(action, streaming.ReadAll):
+            os.set_blocking(action.fd, False)
+            return await self._read_all(action.fd, action.context)
+        if isinstance(action, streaming.ProxyGone):
+            process = self._process
+            assert process is not None
+            if await self._loop.run_in_executor(None, process.wait, action.timeout) is not None:
+                err = process.exited_error(action.context, 0)
+                self._teardown(err)
+                raise err
+            return None
+        if isinstance(action, streaming.Reopen):
+            return await self._call(action.method, action.args)
+        if isinstance(action, streaming.Discard):
+            os.set_blocking(action.fd, False)
+            return await self._discard(action.fd, action.count, action.hasher)
+        raise TypeError(f"unknown action {action!r}")
 
     async def _call_piped(self, method: str, args: Tuple[Any, ...]) -> Tuple[Any, bytes]:
-        reply = await self._reply(self._submit(method, args), method)
+        reply = await self._call(method, args)
         assert isinstance(reply, PipeReply)
         try:
             os.set_blocking(reply.fd, False)
             # FinishPipe answers only once the pipe is drained: send it, then drain
-            finish = self._submit("FinishPipe", (reply.pipe_id,))
-            chunks: List[bytes] = []
+            finish = self._submit("FinishPipe", (reply.pipe_id,), exempt=True)
             try:
-                while True:
-                    chunk = await self._read_fd(reply.fd, READ_CHUNK, f"{method} payload")
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
+                payload = await self._read_all(reply.fd, f"{method} payload")
             except BaseException:
-                finish.cancel()
+                finish.abandoned = True
                 raise
             try:
-                await self._reply(finish, f"FinishPipe of {method}")
+                await self._wait(finish)
             except RequestError as e:
                 raise RequestError(method, e.message, e.error_code, e.retryable) from None
-            return reply.value, b"".join(chunks)
+            return reply.value, payload
         finally:
             close_fds(reply.fd)
 
     async def _open_stream(
         self, method: str, args: Tuple[Any, ...], spec: StreamSpec
     ) -> AsyncBlobReader:
-        reply = await self._reply(self._submit(method, args), method)
+        reply = await self._call(method, args)
         try:
-            reader = AsyncBlobReader(self, reply, spec)
+            ends = streaming.StreamEnds(reply, spec, method, args)
         except ProtocolError as e:
             self._teardown(e)
             raise
-        early = reader._stream.early_error
+        early = ends.stream.early_error
         if early is not None:
-            await reader.close_quietly()
+            await self._run(streaming.abandon_stream(ends))
             raise early
-        return reader
+        return AsyncBlobReader(self, ends)
 
     # --- public methods ---------------------------------------------------------------
 
@@ -466,15 +483,13 @@ class AsyncBlobReader:
     Reaching the end verifies size and digest; closing early is allowed and cheap.
     """
 
-    def __init__(self, proxy: AsyncImageProxy, reply: Reply, spec: StreamSpec) -> None:
+    def __init__(self, proxy: AsyncImageProxy, ends: streaming.StreamEnds) -> None:
         self._proxy = proxy
-        self._ends = StreamEnds(reply, spec)
-        self._stream = self._ends.stream
-        os.set_blocking(self._ends.data_fd, False)
-        if self._ends.error_fd >= 0:
-            os.set_blocking(self._ends.error_fd, False)
+        self._ends = ends
+        self._stream = ends.stream
         self._ended = False
         self._closed = False
+        self._failure: Optional[BaseException] = None
 
     @property
     def digest(self) -> Digest:
@@ -496,36 +511,51 @@ class AsyncBlobReader:
         """Whether the reader is closed."""
         return self._closed
 
+    async def _wait_data(self, fd: int) -> None:
+        proxy, ends = self._proxy, self._ends
+        timeout = proxy._config.stall_timeout
+        if self._stream.spec.kind is StreamKind.PIPE and ends.probe is None:
+            first = (
+                streaming.PROBE_AFTER if timeout is None else min(timeout, streaming.PROBE_AFTER)
+            )
+            if await proxy._readable(fd, ends.context(), first):
+                return
+            ends.probe = proxy._submit("FinishPipe", (ends.pipe_id,), exempt=True)
+            if timeout is not None:
+                timeout -= first
+        if not await proxy._readable(fd, ends.context(), timeout):
+            raise proxy._stalled(ends.context())
+
     async def readinto(self, b: Any) -> int:
-        """Read into a writable buffer; 0 at the end (after verification)."""
+        """Read once into a writable buffer; 0 at the end (after verification)."""
         view = memoryview(b).cast("B")
         if self._closed:
             raise ValueError("read from a closed AsyncBlobReader")
-        if self._ended:
-            self._stream.check()
-            return 0
-        n = self._stream.want(len(view))
-        if n == 0:
+        while not self._ended:
+            n = self._stream.want(len(view))
+            got = 0
+            if n:
+                chunk = view[:n]
+                fd = self._ends.data_fd
+                os.set_blocking(fd, False)
+                while True:
+                    try:
+                        got = os.readv(fd, [chunk])
+                        break
+                    except BlockingIOError:
+                        await self._wait_data(fd)
+                if got:
+                    self._stream.feed(chunk[:got])
+                    if not self._stream.overflowed:
+                        return got
             await self._end()
-            return 0
-        chunk = view[:n]
-        context = f"{self._stream.spec.kind.value} of {self.digest}"
-        while True:
-            try:
-                got = os.readv(self._ends.data_fd, [chunk])
-                break
-            except BlockingIOError:
-                await self._proxy._readable(self._ends.data_fd, context)
-        if got == 0:
-            await self._end()
-            return 0
-        self._stream.feed(chunk[:got])
-        if self._stream.overflowed:
-            await self._end()
-        return got
+        if self._failure is not None:
+            raise self._failure
+        self._stream.check()
+        return 0
 
     async def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes (all that is left when negative)."""
+        """Read up to ``size`` bytes (all that is left when negative); b"" at the end."""
         if size < 0:
             parts: List[bytes] = []
             while True:
@@ -548,50 +578,22 @@ class AsyncBlobReader:
         return chunk
 
     async def _end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
         try:
-            if self._stream.spec.kind is StreamKind.PIPE:
-                await self._finish_pipe(early=False)
-            elif not self._stream.overflowed:
-                await self._finish_raw()
-        finally:
-            self._ends.close()
-        self._stream.check()
-
-    async def _finish_pipe(self, early: bool) -> None:
-        try:
-            await self._proxy._run(ops.finish_pipe(self._ends.pipe_id))
-        except RequestError as e:
-            if not (early and self._stream.is_broken_pipe(e)):
-                self._stream.finish_pipe_result(e)
-
-    async def _finish_raw(self) -> None:
-        chunks = []
-        context = f"GetRawBlob of {self.digest}"
-        while True:
-            chunk = await self._proxy._read_fd(self._ends.error_fd, 65536, context)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        error = decode_raw_blob_error(b"".join(chunks))
-        if self._ends.missing_bytes_without_error(error):
-            process = self._proxy._process
-            assert process is not None
-            code = await self._proxy._loop.run_in_executor(None, process.wait, 0.5)
-            if code is not None:
-                err = process.exited_error(context, 0)
-                self._proxy._teardown(err)
-                raise err
-        self._stream.raw_result(error)
+            op = streaming.end_stream(self._ends, self._proxy._config.retries)
+            resumed = await self._proxy._run(op)
+        except BaseException as e:
+            self._ended = True
+            self._failure = e
+            raise
+        if not resumed:
+            self._ended = True
 
     async def close(self) -> None:
         """Close the stream. If every byte was read, this verifies and may raise."""
         if self._closed:
             return
         try:
-            if not self._ended and self._stream.complete:
+            while not self._ended and self._stream.complete:
                 await self._end()
         finally:
             await self.close_quietly()
@@ -603,14 +605,13 @@ class AsyncBlobReader:
         if self._closed:
             return
         self._closed = True
-        self._ends.close()
         if not self._ended:
             self._ended = True
-            if self._stream.spec.kind is StreamKind.PIPE and self._proxy._failure is None:
-                try:
-                    await self._finish_pipe(early=True)
-                except ProxyError:
-                    pass
+            try:
+                await self._proxy._run(streaming.abandon_stream(self._ends))
+            except ProxyError:
+                pass
+        self._ends.close()
 
     async def __aenter__(self) -> AsyncBlobReader:
         return self

@@ -12,12 +12,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from ._errors import BlobVerificationError, ProtocolError, RequestError
 from ._models import Digest
-from ._protocol import MAX_JSON_INT, PipeReply, RawPipesReply, Reply
-from ._transport import close_fds
+from ._protocol import MAX_JSON_INT
 
 
 class StreamKind(Enum):
@@ -156,39 +155,33 @@ class BlobStream:
                 raise self._error
         self.finished = True
 
+    @property
+    def resumable(self) -> bool:
+        """Whether a failed transfer can be restarted without the caller noticing.
+
+        Exact only when nothing was handed out yet, or when every byte handed out was
+        hashed: the restarted stream's prefix is then checked against that hash.
+        """
+        return self.received == 0 or self._hasher is not None
+
+    def begin_resume(self) -> Tuple[int, Any]:
+        """Forget the failure; returns how many bytes to skip and a hasher to check them."""
+        self._error = None
+        return self.received, self.spec.digest.hasher()
+
+    def check_prefix(self, check: Any, skipped: int) -> None:
+        """Compare the restarted stream's first bytes with those already handed out."""
+        prefix = self._hasher.copy().digest() if self._hasher is not None else None
+        if skipped != self.received or (prefix is not None and check.digest() != prefix):
+            self._error = BlobVerificationError(
+                self.spec.digest, "the source changed while resuming an interrupted transfer"
+            )
+            raise self._error
+
+    def failure(self) -> Optional[BaseException]:
+        """The error recorded so far (before size and digest are checked)."""
+        return self._error
+
     def is_broken_pipe(self, error: RequestError) -> bool:
         """Whether a FinishPipe error only reflects that we closed our end early."""
         return error.error_code == "EPIPE" or _EPIPE_TEXT.search(error.message) is not None
-
-
-class StreamEnds:
-    """The descriptors of one stream, taken from its reply; owned until :meth:`close`."""
-
-    def __init__(self, reply: Reply, spec: StreamSpec) -> None:
-        self.pipe_id = 0
-        self.error_fd = -1
-        if spec.kind is StreamKind.PIPE:
-            if not isinstance(reply, PipeReply):
-                raise ProtocolError(f"{spec.kind.value}: reply has no pipe")
-            self.data_fd = reply.fd
-            self.pipe_id = reply.pipe_id
-        else:
-            if not isinstance(reply, RawPipesReply):
-                raise ProtocolError(f"{spec.kind.value}: reply has no pipes")
-            self.data_fd = reply.data_fd
-            self.error_fd = reply.error_fd
-        try:
-            self.stream = BlobStream(spec, reply.value)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Close our ends (idempotent). The proxy's writer then fails with EPIPE, harmlessly."""
-        close_fds(self.data_fd, self.error_fd)
-        self.data_fd = self.error_fd = -1
-
-    def missing_bytes_without_error(self, error: Optional[RequestError]) -> bool:
-        """A raw stream that ended short with no error report: skopeo may have been killed."""
-        size = self.stream.size
-        return error is None and size is not None and self.stream.received < size

@@ -24,6 +24,7 @@ from typing import (
     List,
     Optional,
     Tuple,
+    TypeVar,
     Union,
 )
 
@@ -87,7 +88,10 @@ Action = Union[Call, CallPiped, OpenStream, Sleep]
 Op = Generator[Action, Any, Any]
 
 
-def drive(op: Op, perform: Callable[[Action], Any]) -> Any:
+A = TypeVar("A")
+
+
+def drive(op: Generator[A, Any, Any], perform: Callable[[A], Any]) -> Any:
     """Run an operation to its end, performing each action with ``perform`` (sync)."""
     result: Any = None
     error: Optional[ProxyError] = None
@@ -106,7 +110,7 @@ def drive(op: Op, perform: Callable[[Action], Any]) -> Any:
         op.close()
 
 
-async def drive_async(op: Op, perform: Callable[[Action], Awaitable[Any]]) -> Any:
+async def drive_async(op: Generator[A, Any, Any], perform: Callable[[A], Awaitable[Any]]) -> Any:
     """Run an operation to its end, awaiting ``perform`` for each action (asyncio)."""
     result: Any = None
     error: Optional[ProxyError] = None
@@ -349,8 +353,9 @@ def get_blob(session: Session, image_id: int, digest: Union[str, Digest], size: 
     if session.supports(Feature.RAW_BLOB):
         spec = StreamSpec(StreamKind.RAW, d, n, verify=True)
         return (yield from _open_with_retries(session, "GetRawBlob", (image_id, str(d)), spec))
-    # skopeo verifies GetBlob streams itself; hashing again here would only cost CPU
-    spec = StreamSpec(StreamKind.PIPE, d, n, verify=False)
+    # skopeo verifies GetBlob streams itself; hashing here too only pays when a transfer
+    # may be resumed, which needs the hash of what was handed out
+    spec = StreamSpec(StreamKind.PIPE, d, n, verify=session.config.retries > 0)
     return (yield from _open_with_retries(session, "GetBlob", (image_id, str(d), n), spec))
 
 

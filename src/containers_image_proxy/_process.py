@@ -14,6 +14,7 @@ In debug mode a pipe and a thread forward each line to :mod:`logging` instead.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import ctypes
 import ctypes.util
@@ -24,7 +25,7 @@ import signal
 import socket
 import subprocess
 import threading
-from typing import IO, Callable, Optional, Tuple
+from typing import IO, Callable, Deque, Optional, Tuple
 
 from ._config import ProxyConfig, build_command
 from ._errors import ProxyExitedError, SkopeoNotFoundError
@@ -175,9 +176,11 @@ class SkopeoProcess:
         self.sock = ours
         self._stderr_file = stderr_fd
         self._log_thread: Optional[threading.Thread] = None
+        # in debug mode the tail is kept from the lines forwarded to logging
+        self._logged_tail: Deque[str] = collections.deque(maxlen=40)
         if self.debug and self.proc.stderr is not None:
             self._log_thread = threading.Thread(
-                target=_forward_stderr, args=(self.proc.stderr,), daemon=True
+                target=_forward_stderr, args=(self.proc.stderr, self._logged_tail), daemon=True
             )
             self._log_thread.start()
 
@@ -187,9 +190,9 @@ class SkopeoProcess:
         return self.proc.pid
 
     def stderr_tail(self) -> str:
-        """The last few KiB skopeo wrote to stderr (empty in debug mode, where it is logged)."""
+        """The last few KiB skopeo wrote to stderr."""
         if self._stderr_file is None:
-            return ""
+            return "\n".join(self._logged_tail)[-STDERR_TAIL:]
         try:
             size = os.fstat(self._stderr_file).st_size
             data = os.pread(self._stderr_file, STDERR_TAIL, max(0, size - STDERR_TAIL))
@@ -216,6 +219,8 @@ class SkopeoProcess:
     def exited_error(self, context: str, wait: float = 2.0) -> ProxyExitedError:
         """The error to raise when the connection broke: waits briefly for the exit status."""
         code = self.wait(wait)
+        if code is not None and self._log_thread is not None:
+            self._log_thread.join(timeout=1)  # let the last lines reach the tail
         return ProxyExitedError(code, self.stderr_tail(), context)
 
     def release(self) -> None:
@@ -234,7 +239,9 @@ class SkopeoProcess:
         self.release()
 
 
-def _forward_stderr(stream: IO[bytes]) -> None:
+def _forward_stderr(stream: IO[bytes], tail: Deque[str]) -> None:
     with stream:
-        for line in stream:
-            log.debug("%s", line.decode(errors="replace").rstrip())
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            tail.append(line)
+            log.debug("%s", line)

@@ -1,9 +1,9 @@
 """The synchronous, thread-safe front end: :class:`ImageProxy` and :class:`BlobReader`.
 
-One lock serialises request/reply exchanges on the socket (the proxy answers one request
-at a time anyway). Blob streams are read without the lock, so many threads can stream
-blobs over one proxy at once; only their closing FinishPipe takes it, and by then the pipe
-is drained, so the proxy answers at once.
+Requests from any thread are queued and sent at once (:class:`~._connection.Connection`
+keeps their order); whichever waiting thread finds nobody receiving becomes the receiver
+and hands each reply to its ticket, so threads never wait on each other's requests more
+than the proxy itself makes them. Blob streams are read from their pipes without any lock.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import select
 import threading
 import time
 import weakref
-from typing import Any, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Generator, List, Optional, Tuple, Union
 
 from . import _operations as ops
-from ._blobstream import StreamEnds, StreamKind, StreamSpec
+from . import _streaming as streaming
+from ._blobstream import StreamKind, StreamSpec
 from ._config import ProxyConfig
+from ._connection import Connection, Ticket
 from ._errors import (
     ProtocolError,
     ProxyClosedError,
@@ -30,27 +32,17 @@ from ._errors import (
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
-from ._protocol import (
-    Feature,
-    PipeReply,
-    Reply,
-    ValueReply,
-    decode_raw_blob_error,
-    decode_reply,
-    encode_request,
-)
+from ._protocol import Arg, Feature, PipeReply, Reply, ValueReply
 from ._reference import ImageReference
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
-
-T = TypeVar("T")
 
 
 def _wait_readable(fd: int, timeout: Optional[float]) -> bool:
     if timeout is None:
-        return True
+        return True  # the read itself blocks
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    return bool(poller.poll(timeout * 1000))
+    return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
 class ImageProxy:
@@ -69,9 +61,10 @@ class ImageProxy:
     def __init__(self, config: Optional[ProxyConfig] = None) -> None:
         self._config = config if config is not None else ProxyConfig()
         self._session = ops.Session(self._config)
-        self._lock = threading.Lock()
+        self._conn = Connection()
+        self._cond = threading.Condition()
+        self._receiving = False
         self._buf = new_receive_buffer()
-        self._failure: Optional[ProxyError] = None
         self._closed = False
         self._process = SkopeoProcess(self._config)
         # skopeo is killed and reaped if the proxy is dropped without close()
@@ -79,7 +72,8 @@ class ImageProxy:
         try:
             self._run(ops.initialize(self._session))
         except BaseException:
-            self._teardown()
+            self._teardown(None)
+            self._finalizer()
             raise
 
     # --- context manager and lifetime -------------------------------------------------
@@ -117,87 +111,157 @@ class ImageProxy:
 
     def close(self) -> None:
         """Send Shutdown, reap skopeo, and raise ProxyExitedError if it exited non-zero."""
-        with self._lock:
-            if self._closed:
+        with self._cond:
+            if self._closed and self._finalizer.alive is False:
                 return
+            already_failed = self._conn.failure is not None
             self._closed = True
-            if self._failure is None:
+            if not already_failed:
                 try:
-                    self._process.sock.sendmsg([encode_request("Shutdown", ())])
-                except OSError:
+                    data, _ = self._conn.request("Shutdown", ())
+                    self._conn.pending.pop()  # Shutdown has no reply
+                    self._process.sock.sendmsg([data])
+                except (OSError, ProxyError):
                     pass
-            code = self._process.wait(10.0)
-            if code is None:
-                self._process.kill()
-                code = self._process.proc.returncode
-            stderr = self._process.stderr_tail()
-            self._finalizer.detach()
-            self._process.release()
-        if code != 0 and self._failure is None:
+                self._conn.fail(ProxyClosedError("the proxy was closed"))
+            self._cond.notify_all()
+        code = self._process.wait(10.0)
+        if code is None:
+            self._process.kill()
+            code = self._process.proc.returncode
+        stderr = self._process.stderr_tail()
+        self._finalizer.detach()
+        self._process.release()
+        if code != 0 and not already_failed:
             raise ProxyExitedError(code, stderr, "shutdown")
 
-    def _teardown(self, failure: Optional[ProxyError] = None) -> None:
-        """Kill skopeo after a failure; later calls raise ``failure``."""
-        if failure is not None and self._failure is None:
-            self._failure = failure
-        self._closed = True
-        self._finalizer()
+    def _teardown(self, failure: Optional[ProxyError]) -> None:
+        """Kill skopeo after a failure; outstanding and later requests fail with ``failure``.
 
-    def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self._closed:
-            raise ProxyClosedError("the proxy is closed")
+        Our socket stays open until close() or garbage collection: another thread may be
+        blocked in a receive on it, and closing an fd under it is never safe.
+        """
+        with self._cond:
+            self._conn.fail(failure or ProxyClosedError("the proxy was torn down"))
+            self._closed = True
+            self._cond.notify_all()
+        self._process.kill()
 
-    # --- performing actions -----------------------------------------------------------
+    # --- requests and replies ---------------------------------------------------------
 
-    def _run(self, op: ops.Op) -> Any:
-        return ops.drive(op, self._perform)
-
-    def _perform(self, action: ops.Action) -> Any:
-        if isinstance(action, ops.Call):
-            reply = self._exchange(action.method, action.args)
-            assert isinstance(reply, ValueReply)
-            return reply.value
-        if isinstance(action, ops.CallPiped):
-            return self._call_piped(action.method, action.args)
-        if isinstance(action, ops.Sleep):
-            time.sleep(action.seconds)
-            return None
-        return self._open_stream(action.method, action.args, action.spec)
-
-    def _exchange(self, method: str, args: Tuple[Any, ...]) -> Reply:
-        request = encode_request(method, args)
-        with self._lock:
-            self._check_usable()
+    def _submit(
+        self, method: str, args: Tuple[Arg, ...], *, exempt: bool = False, abandoned: bool = False
+    ) -> Ticket:
+        with self._cond:
+            if self._closed and self._conn.failure is None:
+                raise ProxyClosedError("the proxy is closed")
+            data, ticket = self._conn.request(method, args, exempt=exempt)
+            ticket.abandoned = abandoned
             try:
-                self._process.sock.sendmsg([request])
+                self._process.sock.sendmsg([data])
             except OSError:
-                pass  # skopeo is gone: receiving says so, with its exit status
-            return self._receive(method, method)
+                pass  # skopeo is gone: the receiver sees EOF and says so, with its status
+        return ticket
 
-    def _receive(self, method: str, context: str) -> Reply:
-        """Receive and decode the next reply; the caller holds the lock."""
+    def _wait(self, ticket: Ticket) -> Reply:
+        cond = self._cond
+        with cond:
+            while not ticket.done:
+                if self._receiving:
+                    cond.wait()
+                    continue
+                self._receiving = True
+                exempt = self._conn.head_exempt
+                head = self._conn.pending[0].method if self._conn.pending else ticket.method
+                cond.release()
+                try:
+                    outcome = self._receive_one(exempt, head)
+                finally:
+                    cond.acquire()
+                    self._receiving = False
+                    cond.notify_all()
+                self._deliver(outcome)
+        return ticket.result()
+
+    def _receive_one(self, exempt: bool, context: str) -> Any:
+        """One message from the socket, or the error that ends the connection."""
         sock = self._process.sock
-        if not _wait_readable(sock.fileno(), self._config.stall_timeout):
-            raise self._stalled(f"{context} request")
+        timeout = None if exempt else self._config.stall_timeout
+        if timeout is not None and not _wait_readable(sock.fileno(), timeout):
+            return ProxyStalledError(timeout, f"{context} request", self._process.stderr_tail())
         try:
             data, fds, truncated = receive_reply(sock, self._buf)
         except OSError:
             data, fds, truncated = b"", [], False
         if not data and not fds:
-            err: ProxyError
             if peer_closed(sock):
-                err = self._process.exited_error(context)
-            else:
-                err = ProtocolError(f"{method}: empty reply")
-            self._teardown(err)
-            raise err
+                return self._process.exited_error(context)
+            return ProtocolError(f"{context}: empty reply")
+        return data, fds, truncated
+
+    def _deliver(self, outcome: Any) -> None:
+        """Resolve a ticket (the caller holds the lock)."""
+        if isinstance(outcome, ProxyError):
+            self._conn.fail(outcome)
+            self._closed = True
+            self._process.kill()
+            return
         try:
-            return decode_reply(method, data, fds, truncated)
-        except ProtocolError as e:
-            self._teardown(e)
-            raise
+            _, follow_ups = self._conn.receive(*outcome)
+        except ProtocolError:
+            self._closed = True
+            self._process.kill()
+            return
+        for method, args in follow_ups:
+            data, extra = self._conn.request(method, args)
+            extra.abandoned = True
+            try:
+                self._process.sock.sendmsg([data])
+            except OSError:
+                pass
+
+    def _call(self, method: str, args: Tuple[Arg, ...], exempt: bool = False) -> Reply:
+        return self._wait(self._submit(method, args, exempt=exempt))
+
+    # --- performing actions -----------------------------------------------------------
+
+    def _run(self, op: Generator[Any, Any, Any]) -> Any:
+        return ops.drive(op, self._perform)
+
+    def _perform(self, action: Any) -> Any:
+        if isinstance(action, ops.Call):
+            reply = self._call(action.method, action.args)
+            assert isinstance(reply, ValueReply)
+            return reply.value
+        if isinstance(action, ops.CallPiped):
+            return self._call_piped(action.method, action.args)
+        if isinstance(action, ops.OpenStream):
+            return self._open_stream(action.method, action.args, action.spec)
+        if isinstance(action, (ops.Sleep)):
+            time.sleep(action.seconds)
+            return None
+        return self._perform_stream_action(action)
+
+    def _perform_stream_action(self, action: Any) -> Any:
+        if isinstance(action, streaming.Submit):
+            return self._submit(
+                action.method, action.args, exempt=action.exempt, abandoned=action.abandoned
+            )
+        if isinstance(action, streaming.Wait):
+            return self._wait(action.ticket)
+        if isinstance(action, streaming.ReadAll):
+            return self._read_all(action.fd, action.context)
+        if isinstance(action, streaming.ProxyGone):
+            if self._process.wait(action.timeout) is not None:
+                err = self._process.exited_error(action.context, 0)
+                self._teardown(err)
+                raise err
+            return None
+        if isinstance(action, streaming.Reopen):
+            return self._call(action.method, action.args)
+        if isinstance(action, streaming.Discard):
+            return self._discard(action.fd, action.count, action.hasher)
+        raise TypeError(f"unknown action {action!r}")
 
     def _stalled(self, context: str) -> ProxyStalledError:
         assert self._config.stall_timeout is not None
@@ -205,50 +269,61 @@ class ImageProxy:
         self._teardown(err)
         return err
 
-    def _read_chunk(self, fd: int, size: int, context: str) -> bytes:
-        if not _wait_readable(fd, self._config.stall_timeout):
-            raise self._stalled(context)
-        return os.read(fd, size)
+    def _read_all(self, fd: int, context: str) -> bytes:
+        chunks: List[bytes] = []
+        while True:
+            if not _wait_readable(fd, self._config.stall_timeout):
+                raise self._stalled(context)
+            chunk = os.read(fd, READ_CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
 
-    def _call_piped(self, method: str, args: Tuple[Any, ...]) -> Tuple[Any, bytes]:
-        reply = self._exchange(method, args)
+    def _discard(self, fd: int, count: int, hasher: Any) -> int:
+        buf = memoryview(bytearray(min(count, READ_CHUNK)))
+        done = 0
+        while done < count:
+            if not _wait_readable(fd, self._config.stall_timeout):
+                raise self._stalled("resuming a blob")
+            got = os.readv(fd, [buf[: min(len(buf), count - done)]])
+            if not got:
+                break
+            hasher.update(buf[:got])
+            done += got
+        return done
+
+    def _call_piped(self, method: str, args: Tuple[Arg, ...]) -> Tuple[Any, bytes]:
+        reply = self._call(method, args)
         assert isinstance(reply, PipeReply)
         try:
             # FinishPipe answers only once the pipe is drained, and the pipe reaches EOF only
-            # inside FinishPipe: so drain it between sending FinishPipe and reading the reply.
-            chunks: List[bytes] = []
-            request = encode_request("FinishPipe", (reply.pipe_id,))
-            with self._lock:
-                self._check_usable()
-                try:
-                    self._process.sock.sendmsg([request])
-                except OSError:
-                    pass  # reported by _receive
-                while True:
-                    chunk = self._read_chunk(reply.fd, READ_CHUNK, f"{method} payload")
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                try:
-                    self._receive("FinishPipe", f"FinishPipe of {method}")
-                except RequestError as e:
-                    raise RequestError(method, e.message, e.error_code, e.retryable) from None
-            return reply.value, b"".join(chunks)
+            # inside FinishPipe: send it first, then drain, then take its reply.
+            finish = self._submit("FinishPipe", (reply.pipe_id,), exempt=True)
+            try:
+                payload = self._read_all(reply.fd, f"{method} payload")
+            except BaseException:
+                finish.abandoned = True
+                raise
+            try:
+                self._wait(finish)
+            except RequestError as e:
+                raise RequestError(method, e.message, e.error_code, e.retryable) from None
+            return reply.value, payload
         finally:
             close_fds(reply.fd)
 
-    def _open_stream(self, method: str, args: Tuple[Any, ...], spec: StreamSpec) -> BlobReader:
-        reply = self._exchange(method, args)
+    def _open_stream(self, method: str, args: Tuple[Arg, ...], spec: StreamSpec) -> BlobReader:
+        reply = self._call(method, args)
         try:
-            reader = BlobReader(self, reply, spec)
+            ends = streaming.StreamEnds(reply, spec, method, args)
         except ProtocolError as e:
             self._teardown(e)
             raise
-        early = reader._stream.early_error
+        early = ends.stream.early_error
         if early is not None:
-            reader.close_quietly()
+            self._run(streaming.abandon_stream(ends))
             raise early
-        return reader
+        return BlobReader(self, ends)
 
     # --- public methods ---------------------------------------------------------------
 
@@ -275,7 +350,8 @@ class ImageProxy:
 
     def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
         """The image's manifest in OCI form, and the digest of the manifest as stored."""
-        return self._run(ops.fetch_manifest_raw(self._session.check_image(self, img)))  # type: ignore[no-any-return]
+        op = ops.fetch_manifest_raw(self._session.check_image(self, img))
+        return self._run(op)  # type: ignore[no-any-return]
 
     def fetch_manifest(self, img: OpenedImage) -> Tuple[Digest, ImageManifest]:
         """The image's manifest, parsed, and the digest of the manifest as stored."""
@@ -327,12 +403,13 @@ class BlobReader(io.BufferedIOBase):
     ``tarfile.open(fileobj=reader, mode="r|*")``.
     """
 
-    def __init__(self, proxy: ImageProxy, reply: Reply, spec: StreamSpec) -> None:
+    def __init__(self, proxy: ImageProxy, ends: streaming.StreamEnds) -> None:
         super().__init__()
         self._proxy = proxy
-        self._ends = StreamEnds(reply, spec)
-        self._stream = self._ends.stream
-        self._ended = False  # the data part is complete (or failed)
+        self._ends = ends
+        self._stream = ends.stream
+        self._ended = False  # the data part is over and its end was handled
+        self._failure: Optional[BaseException] = None
 
     @property
     def digest(self) -> Digest:
@@ -352,30 +429,43 @@ class BlobReader(io.BufferedIOBase):
     def readable(self) -> bool:
         return True
 
+    def _wait_data(self, fd: int) -> None:
+        timeout = self._proxy._config.stall_timeout
+        ends = self._ends
+        if self._stream.spec.kind is StreamKind.PIPE and ends.probe is None:
+            first = (
+                streaming.PROBE_AFTER if timeout is None else min(timeout, streaming.PROBE_AFTER)
+            )
+            if _wait_readable(fd, first):
+                return
+            ends.probe = self._proxy._submit("FinishPipe", (ends.pipe_id,), exempt=True)
+            if timeout is not None:
+                timeout -= first
+        if not _wait_readable(fd, timeout):
+            raise self._proxy._stalled(ends.context())
+
     def readinto1(self, b: Any) -> int:
         """Read once from the pipe into ``b``; 0 at the end (after verification)."""
         view = memoryview(b).cast("B")
         if self.closed:
             raise ValueError("read from a closed BlobReader")
-        if self._ended:
-            self._stream.check()
-            return 0
-        n = self._stream.want(len(view))
-        if n == 0:
-            self._end()
-            return 0
-        chunk = view[:n]
-        fd = self._ends.data_fd
-        if not _wait_readable(fd, self._proxy._config.stall_timeout):
-            raise self._proxy._stalled(f"{self._stream.spec.kind.value} of {self.digest}")
-        got = os.readv(fd, [chunk])
-        if got == 0:
-            self._end()
-            return 0
-        self._stream.feed(chunk[:got])
-        if self._stream.overflowed:
-            self._end()
-        return got
+        while not self._ended:
+            n = self._stream.want(len(view))
+            got = 0
+            if n:
+                chunk = view[:n]
+                fd = self._ends.data_fd
+                self._wait_data(fd)
+                got = os.readv(fd, [chunk])
+                if got:
+                    self._stream.feed(chunk[:got])
+                    if not self._stream.overflowed:
+                        return got
+            self._end()  # size reached, EOF, or too much data
+        if self._failure is not None:
+            raise self._failure
+        self._stream.check()
+        return 0
 
     def readinto(self, b: Any) -> int:
         """Fill ``b`` unless the blob ends first (file semantics: pipes return short reads)."""
@@ -410,44 +500,17 @@ class BlobReader(io.BufferedIOBase):
         return bytes(buf)
 
     def _end(self) -> None:
-        """The data part is over: collect the closing information, then verify."""
-        if self._ended:
-            return
-        self._ended = True
+        """The data part is over: finish, verify, or resume an interrupted transfer."""
         try:
-            if self._stream.spec.kind is StreamKind.PIPE:
-                self._finish_pipe(early=False)
-            elif not self._stream.overflowed:
-                self._finish_raw()
-        finally:
-            self._ends.close()
-        self._stream.check()
-
-    def _finish_pipe(self, early: bool) -> None:
-        try:
-            self._proxy._run(ops.finish_pipe(self._ends.pipe_id))
-        except RequestError as e:
-            if not (early and self._stream.is_broken_pipe(e)):
-                self._stream.finish_pipe_result(e)
-
-    def _finish_raw(self) -> None:
-        # the data pipe is at EOF, so the error pipe is complete once it reaches EOF too
-        chunks = []
-        while True:
-            if not _wait_readable(self._ends.error_fd, self._proxy._config.stall_timeout):
-                raise self._proxy._stalled(f"GetRawBlob of {self.digest}")
-            chunk = os.read(self._ends.error_fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        error = decode_raw_blob_error(b"".join(chunks))
-        if self._ends.missing_bytes_without_error(error):
-            process = self._proxy._process
-            if process.wait(0.5) is not None:
-                err = process.exited_error(f"GetRawBlob of {self.digest}", 0)
-                self._proxy._teardown(err)
-                raise err
-        self._stream.raw_result(error)
+            resumed = self._proxy._run(
+                streaming.end_stream(self._ends, self._proxy._config.retries)
+            )
+        except BaseException as e:
+            self._ended = True
+            self._failure = e
+            raise
+        if not resumed:
+            self._ended = True
 
     def close(self) -> None:
         """Close the stream. If every byte was read, this verifies and may raise."""
@@ -455,7 +518,8 @@ class BlobReader(io.BufferedIOBase):
             return
         try:
             if not self._ended and self._stream.complete:
-                self._end()
+                while not self._ended:
+                    self._end()
         finally:
             self.close_quietly()
 
@@ -463,18 +527,17 @@ class BlobReader(io.BufferedIOBase):
         """Abandon the stream: close our ends; the proxy sees EPIPE and stays usable."""
         if self.closed:
             return
-        self._ends.close()
         if not self._ended:
             self._ended = True
-            if self._stream.spec.kind is StreamKind.PIPE and self._proxy._failure is None:
-                try:
-                    self._finish_pipe(early=True)
-                except ProxyError:
-                    pass
+            try:
+                self._proxy._run(streaming.abandon_stream(self._ends))
+            except ProxyError:
+                pass
+        self._ends.close()
         super().close()
 
     def __del__(self) -> None:
-        # no FinishPipe from a finalizer: only make sure the descriptors do not leak
+        # no request from a finalizer: only make sure the descriptors do not leak
         ends = getattr(self, "_ends", None)
         if ends is not None:
             ends.close()

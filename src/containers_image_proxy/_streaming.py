@@ -1,0 +1,195 @@
+"""What happens when a blob stream ends, written once for both readers.
+
+A reader's hot path (wait for data, read into the caller's buffer, account for it) is a few
+lines in each front end. Everything after the data part — FinishPipe or GetRawBlob's error
+pipe, telling a killed skopeo from a short blob, verification, and retrying an interrupted
+transfer — is :func:`end_stream`, a generator of actions like those in ``_operations``.
+
+Retrying: a transfer that failed with a retryable error is requested again, as long as
+``retries`` allows. If bytes were already handed out, the new stream's first bytes are read
+and hashed here, and must hash like the ones handed out: the caller then sees one unbroken
+stream, and a source that changed in between is a :class:`BlobVerificationError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generator, Optional, Tuple, Union
+
+from ._blobstream import BlobStream, StreamKind, StreamSpec
+from ._connection import Ticket
+from ._errors import ProtocolError, RequestError
+from ._operations import Sleep, backoff
+from ._protocol import Arg, PipeReply, RawPipesReply, Reply, decode_raw_blob_error
+from ._transport import close_fds
+
+#: A GetBlob pipe silent for this long gets its FinishPipe early. The pipe reaches EOF only
+#: inside FinishPipe, so a writer that died (registry connection lost) would otherwise leave
+#: the reader waiting forever; a writer that is merely slow just finishes first.
+PROBE_AFTER = 1.0
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Send a request now; the result is its :class:`Ticket`."""
+
+    method: str
+    args: Tuple[Arg, ...]
+    exempt: bool = False
+    abandoned: bool = False
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait for a ticket's reply; the result is the reply (or its error is raised)."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True)
+class ReadAll:
+    """Read a descriptor to EOF; the result is the bytes."""
+
+    fd: int
+    context: str
+
+
+@dataclass(frozen=True)
+class ProxyGone:
+    """Raise ProxyExitedError if skopeo exits within ``timeout`` seconds (else result None)."""
+
+    timeout: float
+    context: str
+
+
+@dataclass(frozen=True)
+class Reopen:
+    """Send the stream's request again; the result is the new reply."""
+
+    method: str
+    args: Tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class Discard:
+    """Read exactly ``count`` bytes from ``fd`` into ``hasher``; the result is how many came."""
+
+    fd: int
+    count: int
+    hasher: Any
+
+
+StreamAction = Union[Submit, Wait, ReadAll, ProxyGone, Reopen, Discard, Sleep]
+StreamOp = Generator[StreamAction, Any, Any]
+
+
+class StreamEnds:
+    """One stream's descriptors and state; owns the fds until :meth:`close`."""
+
+    def __init__(self, reply: Reply, spec: StreamSpec, method: str, args: Tuple[Arg, ...]) -> None:
+        self.method = method
+        self.args = args
+        self.data_fd = self.error_fd = -1
+        self.pipe_id = 0
+        self.probe: Optional[Ticket] = None
+        self.retries_used = 0
+        self._adopt(reply, spec)
+        try:
+            self.stream = BlobStream(spec, reply.value)
+        except BaseException:
+            self.close()
+            raise
+
+    def _adopt(self, reply: Reply, spec: StreamSpec) -> None:
+        if spec.kind is StreamKind.PIPE:
+            if not isinstance(reply, PipeReply):
+                close_fds(*_reply_fds(reply))
+                raise ProtocolError(f"{spec.kind.value}: reply has no pipe")
+            self.data_fd, self.pipe_id = reply.fd, reply.pipe_id
+        else:
+            if not isinstance(reply, RawPipesReply):
+                close_fds(*_reply_fds(reply))
+                raise ProtocolError(f"{spec.kind.value}: reply has no pipes")
+            self.data_fd, self.error_fd = reply.data_fd, reply.error_fd
+        self.probe = None
+
+    def context(self) -> str:
+        """How errors name this stream."""
+        return f"{self.method} of {self.stream.spec.digest}"
+
+    def close(self) -> None:
+        """Close our ends (idempotent). The proxy's writer then fails with EPIPE, harmlessly."""
+        close_fds(self.data_fd, self.error_fd)
+        self.data_fd = self.error_fd = -1
+
+
+def _reply_fds(reply: Reply) -> Tuple[int, ...]:
+    if isinstance(reply, PipeReply):
+        return (reply.fd,)
+    if isinstance(reply, RawPipesReply):
+        return (reply.data_fd, reply.error_fd)
+    return ()
+
+
+def end_stream(ends: StreamEnds, retries: int) -> StreamOp:
+    """Collect the stream's closing information and verify it.
+
+    The result is True when the transfer was restarted (the reader reads on, from the new
+    descriptors in ``ends``), False when the stream is over and verified; errors raise.
+    """
+    stream = ends.stream
+    error: Optional[RequestError] = None
+    try:
+        if stream.spec.kind is StreamKind.PIPE:
+            ticket = ends.probe
+            if ticket is None:
+                ticket = yield Submit("FinishPipe", (ends.pipe_id,))
+            try:
+                yield Wait(ticket)
+            except RequestError as e:
+                error = e
+            stream.finish_pipe_result(error)
+        elif not stream.overflowed:
+            error = decode_raw_blob_error((yield ReadAll(ends.error_fd, ends.context())))
+            size = stream.size
+            if error is None and size is not None and stream.received < size:
+                # short with no report: skopeo itself may have been killed mid-copy
+                yield ProxyGone(0.5, ends.context())
+            stream.raw_result(error)
+    finally:
+        ends.close()
+    failure = stream.failure()
+    if (
+        isinstance(failure, RequestError)
+        and failure.retryable
+        and ends.retries_used < retries
+        and stream.resumable
+    ):
+        yield Sleep(backoff(ends.retries_used))
+        ends.retries_used += 1
+        reply = yield Reopen(ends.method, ends.args)
+        ends._adopt(reply, stream.spec)
+        skip, check = stream.begin_resume()
+        skipped = (yield Discard(ends.data_fd, skip, check)) if skip else 0
+        stream.check_prefix(check, skipped)
+        return True
+    stream.check()
+    return False
+
+
+def abandon_stream(ends: StreamEnds) -> StreamOp:
+    """Close a stream before its end: our ends first (the writer sees EPIPE), then release
+    its pipe in the proxy without waiting for the answer."""
+    ends.close()
+    if ends.stream.spec.kind is StreamKind.PIPE:
+        if ends.probe is not None:
+            ends.probe.abandoned = True
+        else:
+            yield Submit("FinishPipe", (ends.pipe_id,), abandoned=True)
+
+
+def first_wait(kind: StreamKind, probed: bool, stall_timeout: Optional[float]) -> Optional[float]:
+    """How long a reader waits for data before probing a silent GetBlob pipe (None: no probe)."""
+    if kind is not StreamKind.PIPE or probed:
+        return None
+    return PROBE_AFTER if stall_timeout is None else min(stall_timeout, PROBE_AFTER)
