@@ -11,5 +11,19 @@ echo "== ruff"
 .venv/bin/ruff format --check src
 echo "== mypy --strict"
 .venv/bin/mypy src
+# The oldest and newest supported Pythons, where this machine has them (pyenv): the
+# core's unit tests and the client's integration tests on the oldest and newest skopeo.
+for version in 3.9 3.13; do
+    python=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python3 2>/dev/null | tail -n 1 || true)
+    if [ -z "$python" ]; then
+        echo "== Python $version: not installed here, skipped"
+        continue
+    fi
+    echo "== Python $version ($python)"
+    PYTHON=$python VENV=.venv-$version scripts/venv.sh
+    CIP_SKOPEO_RELEASES=system,sid ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider \
+        tests/test_protocol.py tests/test_operations.py tests/test_models.py \
+        tests/test_reference.py tests/test_client.py tests/test_async_client.py
+done
 echo "== pytest"
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
