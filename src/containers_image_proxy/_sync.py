@@ -8,9 +8,7 @@ than the proxy itself makes them. Blob streams are read from their pipes without
 
 from __future__ import annotations
 
-import io
 import os
-import select
 import threading
 import time
 import weakref
@@ -18,7 +16,7 @@ from typing import Any, Generator, List, Optional, Tuple, Union
 
 from . import _operations as ops
 from . import _streaming as streaming
-from ._blobstream import StreamKind, StreamSpec
+from ._blobstream import StreamSpec
 from ._config import ProxyConfig
 from ._connection import Connection, Ticket
 from ._errors import (
@@ -34,15 +32,8 @@ from ._operations import OpenedImage
 from ._process import SkopeoProcess
 from ._protocol import Arg, Feature, PipeReply, Reply, ValueReply
 from ._reference import ImageReference
+from ._sync_reader import BlobReader, wait_readable
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
-
-
-def _wait_readable(fd: int, timeout: Optional[float]) -> bool:
-    if timeout is None:
-        return True  # the read itself blocks
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
 class ImageProxy:
@@ -187,7 +178,7 @@ class ImageProxy:
         """One message from the socket, or the error that ends the connection."""
         sock = self._process.sock
         timeout = None if exempt else self._config.stall_timeout
-        if timeout is not None and not _wait_readable(sock.fileno(), timeout):
+        if timeout is not None and not wait_readable(sock.fileno(), timeout):
             return ProxyStalledError(timeout, f"{context} request", self._process.stderr_tail())
         try:
             data, fds, truncated = receive_reply(sock, self._buf)
@@ -272,7 +263,7 @@ class ImageProxy:
     def _read_all(self, fd: int, context: str) -> bytes:
         chunks: List[bytes] = []
         while True:
-            if not _wait_readable(fd, self._config.stall_timeout):
+            if not wait_readable(fd, self._config.stall_timeout):
                 raise self._stalled(context)
             chunk = os.read(fd, READ_CHUNK)
             if not chunk:
@@ -283,7 +274,7 @@ class ImageProxy:
         buf = memoryview(bytearray(min(count, READ_CHUNK)))
         done = 0
         while done < count:
-            if not _wait_readable(fd, self._config.stall_timeout):
+            if not wait_readable(fd, self._config.stall_timeout):
                 raise self._stalled("resuming a blob")
             got = os.readv(fd, [buf[: min(len(buf), count - done)]])
             if not got:
@@ -392,152 +383,3 @@ class ImageProxy:
         """GetRawBlob (protocol 0.2.8): no verification in skopeo; here only if ``verify``."""
         image_id = self._session.check_image(self, img)
         return self._run(ops.get_raw_blob(self._session, image_id, digest, size, verify))  # type: ignore[no-any-return]
-
-
-class BlobReader(io.BufferedIOBase):
-    """A blob streamed from the proxy: a binary file object.
-
-    Reading to the end checks size and digest and raises
-    :class:`~containers_image_proxy.BlobVerificationError` on a mismatch; ``close()``
-    before the end is allowed and cheap. Works with ``shutil.copyfileobj`` and
-    ``tarfile.open(fileobj=reader, mode="r|*")``.
-    """
-
-    def __init__(self, proxy: ImageProxy, ends: streaming.StreamEnds) -> None:
-        super().__init__()
-        self._proxy = proxy
-        self._ends = ends
-        self._stream = ends.stream
-        self._ended = False  # the data part is over and its end was handled
-        self._failure: Optional[BaseException] = None
-
-    @property
-    def digest(self) -> Digest:
-        """The digest asked for."""
-        return self._stream.spec.digest
-
-    @property
-    def size(self) -> Optional[int]:
-        """The blob's size, when known."""
-        return self._stream.size
-
-    @property
-    def bytes_read(self) -> int:
-        """How many bytes were handed out so far."""
-        return self._stream.received
-
-    def readable(self) -> bool:
-        return True
-
-    def _wait_data(self, fd: int) -> None:
-        timeout = self._proxy._config.stall_timeout
-        ends = self._ends
-        if self._stream.spec.kind is StreamKind.PIPE and ends.probe is None:
-            first = (
-                streaming.PROBE_AFTER if timeout is None else min(timeout, streaming.PROBE_AFTER)
-            )
-            if _wait_readable(fd, first):
-                return
-            ends.probe = self._proxy._submit("FinishPipe", (ends.pipe_id,), exempt=True)
-            if timeout is not None:
-                timeout -= first
-        if not _wait_readable(fd, timeout):
-            raise self._proxy._stalled(ends.context())
-
-    def readinto1(self, b: Any) -> int:
-        """Read once from the pipe into ``b``; 0 at the end (after verification)."""
-        view = memoryview(b).cast("B")
-        if self.closed:
-            raise ValueError("read from a closed BlobReader")
-        while not self._ended:
-            n = self._stream.want(len(view))
-            got = 0
-            if n:
-                chunk = view[:n]
-                fd = self._ends.data_fd
-                self._wait_data(fd)
-                got = os.readv(fd, [chunk])
-                if got:
-                    self._stream.feed(chunk[:got])
-                    if not self._stream.overflowed:
-                        return got
-            self._end()  # size reached, EOF, or too much data
-        if self._failure is not None:
-            raise self._failure
-        self._stream.check()
-        return 0
-
-    def readinto(self, b: Any) -> int:
-        """Fill ``b`` unless the blob ends first (file semantics: pipes return short reads)."""
-        view = memoryview(b).cast("B")
-        filled = 0
-        while filled < len(view):
-            got = self.readinto1(view[filled:])
-            if got == 0:
-                break
-            filled += got
-        return filled
-
-    def read(self, size: Optional[int] = -1) -> bytes:
-        """Read ``size`` bytes (fewer only at the end), or everything left when negative."""
-        if size is None or size < 0:
-            parts: List[bytes] = []
-            while True:
-                part = self.read1(READ_CHUNK)
-                if not part:
-                    return b"".join(parts)
-                parts.append(part)
-        buf = bytearray(size)
-        n = self.readinto(buf)
-        del buf[n:]
-        return bytes(buf)
-
-    def read1(self, size: int = -1) -> bytes:
-        """Read at most ``size`` bytes with a single read of the pipe."""
-        buf = bytearray(READ_CHUNK if size < 0 else size)
-        n = self.readinto1(buf)
-        del buf[n:]
-        return bytes(buf)
-
-    def _end(self) -> None:
-        """The data part is over: finish, verify, or resume an interrupted transfer."""
-        try:
-            resumed = self._proxy._run(
-                streaming.end_stream(self._ends, self._proxy._config.retries)
-            )
-        except BaseException as e:
-            self._ended = True
-            self._failure = e
-            raise
-        if not resumed:
-            self._ended = True
-
-    def close(self) -> None:
-        """Close the stream. If every byte was read, this verifies and may raise."""
-        if self.closed:
-            return
-        try:
-            if not self._ended and self._stream.complete:
-                while not self._ended:
-                    self._end()
-        finally:
-            self.close_quietly()
-
-    def close_quietly(self) -> None:
-        """Abandon the stream: close our ends; the proxy sees EPIPE and stays usable."""
-        if self.closed:
-            return
-        if not self._ended:
-            self._ended = True
-            try:
-                self._proxy._run(streaming.abandon_stream(self._ends))
-            except ProxyError:
-                pass
-        self._ends.close()
-        super().close()
-
-    def __del__(self) -> None:
-        # no request from a finalizer: only make sure the descriptors do not leak
-        ends = getattr(self, "_ends", None)
-        if ends is not None:
-            ends.close()
