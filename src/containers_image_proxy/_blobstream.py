@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Optional, Tuple
 
 from ._errors import BlobVerificationError, ProtocolError, RequestError
-from ._models import Digest
+from ._digest import Digest
 from ._protocol import MAX_JSON_INT
 
 

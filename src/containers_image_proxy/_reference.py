@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from ._errors import ConfigurationError
-from ._models import _quote
+from ._digest import _quote
 
 TRANSPORTS = frozenset(
     {
