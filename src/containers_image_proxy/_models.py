@@ -21,7 +21,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union, cast
 
-from ._digest import Digest, _kind, _type_error
+from ._digest import Digest as Digest  # re-exported for the modules that import it from here
+from ._digest import _kind, _type_error
 from ._errors import ConfigurationError
 
 MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
