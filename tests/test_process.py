@@ -52,7 +52,7 @@ def test_child_inherits_only_its_socket_and_the_auth_file(
     )
     script.chmod(0o755)
     skopeo = (str(script),)
-    auth = '{"auths": {"registry.invalid": {"auth": "%s"}}}' % SECRET
+    auth = '{"auths": {"registry.invalid": {"auth": "' + SECRET + '"}}}'
     # plenty of descriptors open in the parent that must not leak into the child
     extra = [os.open("/dev/null", os.O_RDONLY) for _ in range(5)]
     r, w = os.pipe()
@@ -76,7 +76,7 @@ def test_child_inherits_only_its_socket_and_the_auth_file(
 def test_secrets_stay_out_of_argv_repr_and_logs(
     skopeo_release: SkopeoRelease, layouts: Layouts, caplog: pytest.LogCaptureFixture
 ) -> None:
-    auth = '{"auths": {"registry.invalid": {"auth": "%s"}}}' % SECRET
+    auth = '{"auths": {"registry.invalid": {"auth": "' + SECRET + '"}}}'
     config = make_config(skopeo_release, auth_data=auth.encode(), debug=True)
     assert SECRET not in repr(config) and SECRET not in str(config)
     with caplog.at_level(logging.DEBUG, logger="containers_image_proxy"):
@@ -108,7 +108,8 @@ def test_skopeo_dies_with_the_python_process(skopeo_release: SkopeoRelease) -> N
         import os, sys, threading, time
         from containers_image_proxy import ImageProxy, ProxyConfig
         box = {{}}
-        t = threading.Thread(target=lambda: box.setdefault("p", ImageProxy(ProxyConfig(skopeo={skopeo_release.argv!r}))))
+        config = ProxyConfig(skopeo={skopeo_release.argv!r})
+        t = threading.Thread(target=lambda: box.setdefault("p", ImageProxy(config)))
         t.start(); t.join()
         print(box["p"]._process.pid, flush=True)
         time.sleep(60)

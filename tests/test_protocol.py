@@ -18,7 +18,7 @@ from containers_image_proxy import (
     RequestError,
 )
 from containers_image_proxy._blobstream import BlobStream, StreamKind, StreamSpec
-from containers_image_proxy._streaming import StreamEnds
+from containers_image_proxy._connection import Connection
 from containers_image_proxy._models import Digest
 from containers_image_proxy._protocol import (
     MAX_JSON_INT,
@@ -37,6 +37,7 @@ from containers_image_proxy._protocol import (
     parse_version,
     require_feature,
 )
+from containers_image_proxy._streaming import StreamEnds
 
 
 def fd_is_open(fd: int) -> bool:
@@ -408,8 +409,6 @@ def test_stream_ends_close_fds_on_bad_size(pipe_fds: Any) -> None:
 
 
 # --- the connection's ticket FIFO ----------------------------------------------------------
-
-from containers_image_proxy._connection import Connection  # noqa: E402
 
 
 def test_replies_resolve_tickets_in_order() -> None:

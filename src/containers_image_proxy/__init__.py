@@ -9,7 +9,8 @@ credentials) for Python programs, streamed without storing the image first::
         digest, manifest = proxy.fetch_manifest(img)
 """
 
-from ._async import AsyncBlobReader, AsyncImageProxy
+from ._async import AsyncImageProxy
+from ._async_reader import AsyncBlobReader
 from ._config import ProxyConfig
 from ._errors import (
     BlobVerificationError,
@@ -38,7 +39,17 @@ from ._models import (
 from ._operations import OpenedImage
 from ._protocol import Feature
 from ._reference import ImageReference
-from ._sync import BlobReader, ImageProxy
+from ._sync import ImageProxy
+from ._sync_reader import BlobReader
+from .layers import (
+    LayerDigestError,
+    LayerFormatError,
+    UnsafeLayerError,
+    read_file,
+    read_file_async,
+    unpack,
+    unpack_async,
+)
 
 __version__ = "0.1.0"
 
@@ -57,6 +68,8 @@ __all__ = [
     "ImageManifest",
     "ImageProxy",
     "ImageReference",
+    "LayerDigestError",
+    "LayerFormatError",
     "LayerInfo",
     "OpenedImage",
     "Platform",
@@ -71,4 +84,9 @@ __all__ = [
     "RootFS",
     "RuntimeConfig",
     "SkopeoNotFoundError",
+    "UnsafeLayerError",
+    "read_file",
+    "read_file_async",
+    "unpack",
+    "unpack_async",
 ]

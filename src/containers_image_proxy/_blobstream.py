@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional, Tuple
 
-from ._errors import BlobVerificationError, ProtocolError, RequestError
 from ._digest import Digest
+from ._errors import BlobVerificationError, ProtocolError, RequestError
 from ._protocol import MAX_JSON_INT
 
 

@@ -108,5 +108,3 @@ class Digest(str):
 
     def __repr__(self) -> str:
         return f"Digest({str.__repr__(self)})"
-
-

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ._errors import ConfigurationError
 from ._digest import _quote
+from ._errors import ConfigurationError
 
 TRANSPORTS = frozenset(
     {
