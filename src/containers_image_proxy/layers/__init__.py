@@ -1,0 +1,104 @@
+"""Image layers: decompression, streaming tar, safe unpacking, one file out of an image.
+
+:func:`unpack` writes an image's merged filesystem into a directory, applying the layers
+in order with OCI whiteout semantics, every path confined to the destination;
+:func:`read_file` reads one file without unpacking anything. Both check every layer
+against the config's ``rootfs.diff_ids`` and read every blob to its end.
+
+The engine works on plain binary file objects (:class:`LayerSource`,
+:func:`unpack_layers`, :func:`read_file_from_layers`, :class:`LayerStream`), so layers from
+anywhere (an OCI layout on disk, a registry client) can go through it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Union
+
+from ._compression import DecompressingReader
+from ._errors import LayerDigestError, LayerFormatError, UnsafeLayerError
+from ._readfile import read_file_from_layers
+from ._source import (
+    AsyncProxy,
+    Bridge,
+    LayerSource,
+    SyncProxy,
+    async_sources,
+    run_in_worker,
+    sync_sources,
+)
+from ._tarstream import EntryData, LayerStream, iter_layer
+from ._unpack import check_dest, unpack_layers
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def unpack(proxy: SyncProxy, image: Any, dest: PathLike, *, rootless: bool = False) -> None:
+    """Unpack ``image`` (an OpenedImage of ``proxy``) into the directory ``dest``.
+
+    ``dest`` must not exist yet or be an empty directory. Layers are applied in order with
+    OCI semantics (whiteouts, opaque directories, hardlinks across layers, modes, mtimes,
+    xattrs where the filesystem takes them); nothing is written outside ``dest``. Without
+    ``rootless`` ownership is applied (needs root); with it the tree belongs to the caller
+    and device nodes are skipped. The tree is built aside and moved into place at the end:
+    on error ``dest`` is left as it was.
+
+    Raises UnsafeLayerError for an entry that cannot be honoured inside ``dest``,
+    LayerDigestError when a layer does not match its diff_id, LayerFormatError for a layer
+    that is not a readable tar, ConfigurationError for an unusable ``dest``.
+    """
+    check_dest(dest)  # before any download
+    unpack_layers(sync_sources(proxy, image), dest, rootless=rootless)
+
+
+def read_file(proxy: SyncProxy, image: Any, path: str) -> bytes:
+    """Read ``path`` from ``image``'s merged filesystem without unpacking it.
+
+    Layers are read from the top down, stopping at the first that settles the answer;
+    symlinks are followed inside the image's root. Raises FileNotFoundError when the
+    merged filesystem has no such file, IsADirectoryError for a directory.
+    """
+    return read_file_from_layers(sync_sources(proxy, image), path)
+
+
+async def unpack_async(
+    proxy: AsyncProxy, image: Any, dest: PathLike, *, rootless: bool = False
+) -> None:
+    """The async twin of :func:`unpack`, for an AsyncImageProxy.
+
+    The engine runs in a worker thread that reads the blobs through the caller's loop;
+    cancelling stops it, removes the staged tree and leaves ``dest`` as it was.
+    """
+    import asyncio
+
+    check_dest(dest)
+    bridge = Bridge(asyncio.get_running_loop())
+    sources = await async_sources(proxy, image, bridge)
+    await run_in_worker(bridge, lambda: unpack_layers(sources, dest, rootless=rootless))
+
+
+async def read_file_async(proxy: AsyncProxy, image: Any, path: str) -> bytes:
+    """The async twin of :func:`read_file`, for an AsyncImageProxy."""
+    import asyncio
+
+    bridge = Bridge(asyncio.get_running_loop())
+    sources = await async_sources(proxy, image, bridge)
+    return await run_in_worker(bridge, lambda: read_file_from_layers(sources, path))
+
+
+__all__ = [
+    "DecompressingReader",
+    "EntryData",
+    "LayerDigestError",
+    "LayerFormatError",
+    "LayerSource",
+    "LayerStream",
+    "UnsafeLayerError",
+    "iter_layer",
+    "read_file",
+    "read_file_async",
+    "read_file_from_layers",
+    "unpack",
+    "unpack_async",
+    "unpack_layers",
+]

@@ -1,0 +1,73 @@
+"""unpack / read_file against real skopeo releases, on an OCI layout made by the test bed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from containers_image_proxy import AsyncImageProxy, ImageProxy, ProxyConfig
+from containers_image_proxy.layers import read_file, read_file_async, unpack, unpack_async
+from test_layers_support import d, f, hl, make_tar, sym, wh
+
+pytestmark = pytest.mark.integration
+
+LAYERS = [
+    make_tar(
+        [
+            d("etc"),
+            f("etc/os-release", b"ID=base\n"),
+            f("etc/motd", b"hello"),
+            d("usr/bin"),
+            f("usr/bin/busybox", b"BB" * 5000, mode=0o755),
+            sym("bin", "usr/bin"),
+        ]
+    ),
+    make_tar(
+        [
+            d("etc"),
+            wh("etc/.wh.motd"),
+            f("etc/os-release", b"ID=top\n"),
+            hl("usr/bin/sh", "usr/bin/busybox"),
+            f("bin/through", b"via the symlink"),
+        ]
+    ),
+]
+
+
+@pytest.fixture
+def image_ref(layout_builder) -> str:  # type: ignore[no-untyped-def]
+    layout_builder.add_image("layers", LAYERS, compression="gzip")
+    ref: str = layout_builder.ref("layers")
+    return ref
+
+
+def test_unpack_and_read_file(config: ProxyConfig, image_ref: str, tmp_path: Path) -> None:
+    with ImageProxy(config) as proxy, proxy.open_image(image_ref) as img:
+        unpack(proxy, img, tmp_path / "root", rootless=True)
+        assert read_file(proxy, img, "/etc/os-release") == b"ID=top\n"
+        assert read_file(proxy, img, "/bin/through") == b"via the symlink"
+        with pytest.raises(FileNotFoundError):
+            read_file(proxy, img, "/etc/motd")
+        # The proxy is still usable after all that.
+        assert len(proxy.get_layer_info(img)) == 2
+    root = tmp_path / "root"
+    assert (root / "etc/os-release").read_bytes() == b"ID=top\n"
+    assert not (root / "etc/motd").exists()
+    assert (root / "usr/bin/through").read_bytes() == b"via the symlink"
+    assert os.lstat(root / "usr/bin/sh").st_ino == os.lstat(root / "usr/bin/busybox").st_ino
+
+
+def test_async_twins(config: ProxyConfig, image_ref: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with AsyncImageProxy(config) as proxy:
+            img = await proxy.open_image(image_ref)
+            async with img:
+                await unpack_async(proxy, img, tmp_path / "root", rootless=True)
+                data = await read_file_async(proxy, img, "usr/bin/sh")
+                assert data == b"BB" * 5000
+
+    asyncio.run(main())
+    assert (tmp_path / "root/etc/os-release").read_bytes() == b"ID=top\n"
