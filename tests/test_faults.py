@@ -202,7 +202,7 @@ def test_malformed_open_replies(step: Any, fake_env: None, no_leaks: None) -> No
 
 MALFORMED_MANIFEST = [
     {"raw": '{"success": true, "value": "sha256:x", "pipeid": 3}', "fds": 0},  # id, no fd
-    {"raw": '{"success": true, "value": "sha256:x", "pipeid": 0}', "fds": 1},  # fd, no id
+    {"raw": '{"success": true, "value": "sha256:x", "pipeid": 0}', "fds": 2},
     {"raw": '{"success": true, "value": "sha256:x", "pipeid": 3}', "fds": 3},
     {"raw": '{"success": true, "value": 12, "pipeid": 3}', "fds": 1, "payload": "{}"},
 ]

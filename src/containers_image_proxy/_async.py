@@ -223,9 +223,12 @@ class AsyncImageProxy:
                 else:
                     self._teardown(ProtocolError(f"{head}: empty reply"))
                 return
+            waiting = list(self._conn.pending)
             try:
                 ticket, follow_ups = self._conn.receive(data, fds, truncated)
             except ProtocolError as e:
+                for waiter in waiting:  # receive() failed them all: wake every one
+                    _wake(waiter)
                 self._teardown(e)
                 return
             _wake(ticket)

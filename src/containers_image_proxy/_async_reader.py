@@ -28,6 +28,7 @@ class AsyncBlobReader:
         self._ended = False
         self._closed = False
         self._failure: Optional[BaseException] = None
+        self._nonblocking_fd = -1
 
     @property
     def digest(self) -> Digest:
@@ -66,31 +67,36 @@ class AsyncBlobReader:
 
     async def readinto(self, b: Any) -> int:
         """Read once into a writable buffer; 0 at the end (after verification)."""
-        view = memoryview(b).cast("B")
         if self._closed:
             raise ValueError("read from a closed AsyncBlobReader")
-        while not self._ended:
-            n = self._stream.want(len(view))
-            got = 0
-            if n:
-                chunk = view[:n]
-                fd = self._ends.data_fd
-                os.set_blocking(fd, False)
-                while True:
-                    try:
-                        got = os.readv(fd, [chunk])
-                        break
-                    except BlockingIOError:
-                        await self._wait_data(fd)
-                if got:
-                    self._stream.feed(chunk[:got])
-                    if not self._stream.overflowed:
-                        return got
-            await self._end()
+        # views of the caller's buffer are released before returning or raising
+        with memoryview(b) as mv, mv.cast("B") as view:
+            while not self._ended:
+                n = self._stream.want(len(view))
+                if n:
+                    with view[:n] as chunk:
+                        got = await self._read_once(chunk)
+                        if got:
+                            with chunk[:got] as data:
+                                self._stream.feed(data)
+                            if not self._stream.overflowed:
+                                return got
+                await self._end()
         if self._failure is not None:
             raise self._failure
         self._stream.check()
         return 0
+
+    async def _read_once(self, chunk: memoryview) -> int:
+        fd = self._ends.data_fd
+        if fd != self._nonblocking_fd:  # a new pipe after a resumed transfer
+            os.set_blocking(fd, False)
+            self._nonblocking_fd = fd
+        while True:
+            try:
+                return os.readv(fd, [chunk])
+            except BlockingIOError:
+                await self._wait_data(fd)
 
     async def read(self, size: int = -1) -> bytes:
         """Read up to ``size`` bytes (all that is left when negative); b"" at the end."""

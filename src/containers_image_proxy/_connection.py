@@ -109,10 +109,12 @@ class Connection:
         try:
             reply = decode_reply(ticket.method, data, fds, truncated)
         except RequestError as e:
-            ticket.error = e
+            # stored without its traceback: the frames it holds (a reader's buffers among
+            # them) would otherwise live as long as the ticket
+            ticket.error = e.with_traceback(None)
             return ticket, []
         except ProtocolError as e:
-            ticket.error = e
+            ticket.error = e.with_traceback(None)
             self.fail(e)
             raise
         if ticket.abandoned:

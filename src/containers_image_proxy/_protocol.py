@@ -241,10 +241,10 @@ def _decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool)
             raise ProtocolError(f"{method}: reply carries {len(fds)} fd(s), pipe id {pipe_id}")
         return ValueReply(value)
     if shape is ReplyShape.PIPE:
-        if len(fds) != 1 or pipe_id == 0:
-            raise ProtocolError(
-                f"{method}: expected one fd and a pipe id, got {len(fds)} fd(s), pipe id {pipe_id}"
-            )
+        # The pipe id is the proxy's own fd number for the write end, so 0 is a valid id
+        # too (skopeo's stdin is free once Go has taken the socket over).
+        if len(fds) != 1:
+            raise ProtocolError(f"{method}: expected one fd, got {len(fds)}")
         return PipeReply(value, pipe_id, fds[0])
     if len(fds) != 2 or pipe_id != 0:
         raise ProtocolError(
@@ -275,9 +275,16 @@ _NOT_FOUND_TEXT = re.compile(
 
 
 def is_retryable(message: str, error_code: Optional[str]) -> bool:
-    """Whether an error may go away if the request is sent again."""
-    if error_code is not None:
-        return error_code == "retryable"
+    """Whether an error may go away if the request is sent again.
+
+    The proxy's code is trusted when it says "retryable" or "EPIPE" (we closed the pipe);
+    "other" still gets the text check, since containers/image does not classify a
+    connection cut mid-body (``unexpected EOF``) as retryable, though it is transient.
+    """
+    if error_code == "retryable":
+        return True
+    if error_code == "EPIPE":
+        return False
     return _RETRYABLE_TEXT.search(message) is not None
 
 

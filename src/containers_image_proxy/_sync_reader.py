@@ -76,24 +76,27 @@ class BlobReader(io.BufferedIOBase):
         if not wait_readable(fd, timeout):
             raise self._proxy._stalled(ends.context())
 
+    # Every memoryview of the caller's buffer is released before returning or raising: a
+    # view left alive (in a traceback, say) would stop the caller from resizing the buffer.
+
     def readinto1(self, b: Any) -> int:
         """Read once from the pipe into ``b``; 0 at the end (after verification)."""
-        view = memoryview(b).cast("B")
         if self.closed:
             raise ValueError("read from a closed BlobReader")
-        while not self._ended:
-            n = self._stream.want(len(view))
-            got = 0
-            if n:
-                chunk = view[:n]
-                fd = self._ends.data_fd
-                self._wait_data(fd)
-                got = os.readv(fd, [chunk])
-                if got:
-                    self._stream.feed(chunk[:got])
-                    if not self._stream.overflowed:
-                        return got
-            self._end()  # size reached, EOF, or too much data
+        with memoryview(b) as mv, mv.cast("B") as view:
+            while not self._ended:
+                n = self._stream.want(len(view))
+                if n:
+                    with view[:n] as chunk:
+                        fd = self._ends.data_fd
+                        self._wait_data(fd)
+                        got = os.readv(fd, [chunk])
+                        if got:
+                            with chunk[:got] as data:
+                                self._stream.feed(data)
+                            if not self._stream.overflowed:
+                                return got
+                self._end()  # size reached, EOF, or too much data
         if self._failure is not None:
             raise self._failure
         self._stream.check()
@@ -101,14 +104,15 @@ class BlobReader(io.BufferedIOBase):
 
     def readinto(self, b: Any) -> int:
         """Fill ``b`` unless the blob ends first (file semantics: pipes return short reads)."""
-        view = memoryview(b).cast("B")
-        filled = 0
-        while filled < len(view):
-            got = self.readinto1(view[filled:])
-            if got == 0:
-                break
-            filled += got
-        return filled
+        with memoryview(b) as mv, mv.cast("B") as view:
+            filled = 0
+            while filled < len(view):
+                with view[filled:] as rest:
+                    got = self.readinto1(rest)
+                if got == 0:
+                    break
+                filled += got
+            return filled
 
     def read(self, size: Optional[int] = -1) -> bytes:
         """Read ``size`` bytes (fewer only at the end), or everything left when negative."""

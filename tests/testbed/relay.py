@@ -29,6 +29,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -165,8 +166,8 @@ class Relay:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _spawn(self, target: object, name: str, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         with self._lock:
             self._threads.append(thread)
         thread.start()
@@ -200,12 +201,25 @@ class Relay:
             self._spawn(self._pump_responses, f"relay-{n}-down", conn)
 
     def _should_cut(self, path: str) -> bool:
+        """Whether to count the response to this blob request (the cut itself may not come)."""
         if self.cut_after_bytes is None:
             return False
         if self.blob_filter is not None and self.blob_filter not in path:
             return False
         with self._lock:
             return self.stats.cuts < self.cut_times
+
+    def _take_cut(self) -> bool:
+        """Claim one of the ``cut_times`` cuts, at the moment of cutting.
+
+        Checked here again, not only when the request was seen: responses on two
+        connections may be in flight at once, and only ``cut_times`` of them may be cut.
+        """
+        with self._lock:
+            if self.stats.cuts >= self.cut_times:
+                return False
+            self.stats.cuts += 1
+            return True
 
     def _pump_requests(self, conn: _Connection) -> None:
         """Client to registry: notes blob requests, adds the delay."""
@@ -242,11 +256,15 @@ class Relay:
                 with conn.lock:
                     sent = conn.blob_sent
                 limit = self.cut_after_bytes
-                if sent is not None and limit is not None and sent + len(data) >= limit:
-                    head = data[: limit - sent]
+                if (
+                    sent is not None
+                    and limit is not None
+                    and sent + len(data) >= limit
+                    and self._take_cut()
+                ):
+                    head = data[: max(0, limit - sent)]
                     conn.client.sendall(head)
                     with self._lock:
-                        self.stats.cuts += 1
                         self.stats.bytes_to_client += len(head)
                     conn.sever(self.reset)
                     return
