@@ -17,6 +17,14 @@ from typing import Any, Union
 
 from ._compression import DecompressingReader
 from ._errors import LayerDigestError, LayerFormatError, UnsafeLayerError
+from ._listing import (
+    DirEntry,
+    MergedTree,
+    list_dir,
+    list_dir_async,
+    list_dir_from_layers,
+    merge_layers,
+)
 from ._readfile import read_file_from_layers
 from ._source import (
     AsyncProxy,
@@ -88,13 +96,19 @@ async def read_file_async(proxy: AsyncProxy, image: Any, path: str) -> bytes:
 
 __all__ = [
     "DecompressingReader",
+    "DirEntry",
     "EntryData",
     "LayerDigestError",
     "LayerFormatError",
     "LayerSource",
     "LayerStream",
+    "MergedTree",
     "UnsafeLayerError",
     "iter_layer",
+    "list_dir",
+    "list_dir_async",
+    "list_dir_from_layers",
+    "merge_layers",
     "read_file",
     "read_file_async",
     "read_file_from_layers",
