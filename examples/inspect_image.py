@@ -3,6 +3,7 @@
 verification.
 
     python examples/inspect_image.py [IMAGE]
+    python examples/inspect_image.py --write-example DIR   # only write the example image
 
 IMAGE is any reference skopeo understands (docker://..., oci:DIR:TAG, ...). Without one, a
 small example image is written to a temporary OCI layout first, so this runs offline.
@@ -112,6 +113,9 @@ def inspect(reference: str) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--write-example":
+        print(write_example_layout(Path(sys.argv[2])))
+        return 0
     if len(sys.argv) > 1:
         inspect(sys.argv[1])
         return 0
