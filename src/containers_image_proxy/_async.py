@@ -32,7 +32,7 @@ from ._errors import (
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
-from ._protocol import Feature, PipeReply, Reply, ValueReply, encode_request
+from ._protocol import PipeReply, Reply, ValueReply, encode_request
 from ._reference import ImageReference
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
 
@@ -44,7 +44,7 @@ def _wake(ticket: Ticket) -> None:
         fut.set_result(None)
 
 
-class AsyncImageProxy:
+class AsyncImageProxy(ops.FrontEnd):
     """A skopeo image proxy for asyncio; many tasks may use one proxy at once.
 
     Example::
@@ -107,20 +107,6 @@ class AsyncImageProxy:
         pid = self._process.pid if self._process else None
         state = "closed" if self._closed else "open"
         return f"<AsyncImageProxy pid={pid} {state}>"
-
-    @property
-    def config(self) -> ProxyConfig:
-        """The configuration this proxy was started with."""
-        return self._config
-
-    @property
-    def protocol_version(self) -> str:
-        """The protocol version skopeo reported, for example ``"0.2.8"``."""
-        return self._session.protocol_version
-
-    def supports(self, feature: Union[Feature, str]) -> bool:
-        """Whether this skopeo offers ``feature`` natively."""
-        return self._session.supports(feature)
 
     async def close(self) -> None:
         """Send Shutdown, reap skopeo, and raise ProxyExitedError if it exited non-zero."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import (
-    TYPE_CHECKING,
     Any,
     Awaitable,
     Callable,
@@ -29,6 +28,7 @@ from typing import (
 )
 
 from ._blobstream import StreamKind, StreamSpec
+from ._config import ProxyConfig
 from ._errors import ConfigurationError, ProtocolError, ProxyError, RequestError
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._protocol import (
@@ -44,9 +44,6 @@ from ._protocol import (
     require_feature,
 )
 from ._reference import ImageReference, as_reference
-
-if TYPE_CHECKING:
-    from ._config import ProxyConfig
 
 
 @dataclass(frozen=True)
@@ -207,6 +204,27 @@ class Session:
         if img._closed:
             raise ConfigurationError(f"{img!r} is closed")
         return img.image_id
+
+
+class FrontEnd:
+    """What the sync and asyncio proxies share that involves no I/O."""
+
+    _config: ProxyConfig
+    _session: Session
+
+    @property
+    def config(self) -> ProxyConfig:
+        """The configuration this proxy was started with."""
+        return self._config
+
+    @property
+    def protocol_version(self) -> str:
+        """The protocol version skopeo reported, for example ``"0.2.8"``."""
+        return self._session.protocol_version
+
+    def supports(self, feature: Union[Feature, str]) -> bool:
+        """Whether this skopeo offers ``feature`` natively (see :class:`Feature`)."""
+        return self._session.supports(feature)
 
 
 # --- operations -----------------------------------------------------------------------

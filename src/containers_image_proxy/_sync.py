@@ -30,13 +30,13 @@ from ._errors import (
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
-from ._protocol import Arg, Feature, PipeReply, Reply, ValueReply
+from ._protocol import Arg, PipeReply, Reply, ValueReply
 from ._reference import ImageReference
 from ._sync_reader import BlobReader, wait_readable
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
 
 
-class ImageProxy:
+class ImageProxy(ops.FrontEnd):
     """A skopeo image proxy, driven synchronously; safe to share between threads.
 
     Example::
@@ -85,20 +85,6 @@ class ImageProxy:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"protocol {self._session.protocol_version}"
         return f"<ImageProxy pid={self._process.pid} {state}>"
-
-    @property
-    def config(self) -> ProxyConfig:
-        """The configuration this proxy was started with."""
-        return self._config
-
-    @property
-    def protocol_version(self) -> str:
-        """The protocol version skopeo reported, for example ``"0.2.8"``."""
-        return self._session.protocol_version
-
-    def supports(self, feature: Union[Feature, str]) -> bool:
-        """Whether this skopeo offers ``feature`` natively (see :class:`Feature`)."""
-        return self._session.supports(feature)
 
     def close(self) -> None:
         """Send Shutdown, reap skopeo, and raise ProxyExitedError if it exited non-zero."""
