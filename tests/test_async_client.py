@@ -173,3 +173,17 @@ def test_async_errors(
                 assert b"".join(chunks) == layer.blob
 
     run(main())
+
+
+def test_async_copy_to(config: ProxyConfig, layouts: Layouts, tmp_path: Any) -> None:
+    layer = layouts.small.layers[1]
+
+    async def main() -> None:
+        async with AsyncImageProxy(config) as proxy:
+            async with await proxy.open_image(layouts.ref("small")) as img:
+                async with await proxy.get_blob(img, layer.digest, layer.size) as blob:
+                    with open(tmp_path / "out", "wb") as out:
+                        assert await blob.copy_to(out) == layer.size
+
+    run(main())
+    assert (tmp_path / "out").read_bytes() == layer.blob

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 import threading
@@ -334,3 +335,37 @@ def test_fetch_manifest_json_roundtrip(config: ProxyConfig, layouts: Layouts) ->
         _, raw = proxy.fetch_manifest_raw_oci(img)
         _, manifest = proxy.fetch_manifest(img)
         assert manifest.to_json() == json.loads(raw)
+
+
+def test_copy_to_a_file(
+    config: ProxyConfig, skopeo_release: SkopeoRelease, layouts: Layouts, tmp_path: Path
+) -> None:
+    """copy_to splices where nothing needs to see the bytes, and verifies either way."""
+    layer = layouts.small.layers[1]
+    with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("small")) as img:
+        with proxy.get_blob(img, layer.digest, layer.size) as blob:
+            assert blob.read(10) == layer.blob[:10]
+            with open(tmp_path / "rest", "wb") as out:
+                assert blob.copy_to(out) == layer.size - 10
+        assert (tmp_path / "rest").read_bytes() == layer.blob[10:]
+        if skopeo_release.protocol >= "0.2.8":
+            with proxy.get_raw_blob(img, layer.digest, layer.size) as blob:
+                fd = os.open(tmp_path / "raw", os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    assert blob.copy_to(fd) == layer.size
+                finally:
+                    os.close(fd)
+            assert (tmp_path / "raw").read_bytes() == layer.blob
+
+
+def test_copy_to_verifies(
+    config: ProxyConfig, layout_builder: LayoutBuilder, tmp_path: Path, no_leaks: None
+) -> None:
+    image = layout_builder.add_image("t", [make_tar({"b": b"y" * 200000})])
+    layer = image.layers[0]
+    corrupt_blob(layout_builder.path, layer.digest)
+    with ImageProxy(config) as proxy, proxy.open_image(layout_builder.ref("t")) as img:
+        with pytest.raises(BlobVerificationError):
+            with proxy.get_blob(img, layer.digest, layer.size) as blob:
+                with open(tmp_path / "out", "wb") as out:
+                    blob.copy_to(out)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, AsyncIterator, List, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, List, Optional, Union
 
 from . import _streaming as streaming
-from ._blobstream import StreamKind
 from ._errors import ProxyError
 from ._models import Digest
 from ._transport import READ_CHUNK
@@ -53,10 +52,8 @@ class AsyncBlobReader:
     async def _wait_data(self, fd: int) -> None:
         proxy, ends = self._proxy, self._ends
         timeout = proxy._config.stall_timeout
-        if self._stream.spec.kind is StreamKind.PIPE and ends.probe is None:
-            first = (
-                streaming.PROBE_AFTER if timeout is None else min(timeout, streaming.PROBE_AFTER)
-            )
+        first = streaming.first_wait(self._stream.spec.kind, ends.probe is not None, timeout)
+        if first is not None:
             if await proxy._readable(fd, ends.context(), first):
                 return
             ends.probe = proxy._submit("FinishPipe", (ends.pipe_id,), exempt=True)
@@ -95,6 +92,52 @@ class AsyncBlobReader:
         while True:
             try:
                 return os.readv(fd, [chunk])
+            except BlockingIOError:
+                await self._wait_data(fd)
+
+    async def copy_to(self, dest: Union[int, Any]) -> int:
+        """Copy the rest of the blob to ``dest`` (an fd or a file with ``fileno()``); returns
+        the bytes copied, after verification. Zero-copy (``os.splice``) where nothing needs
+        to see the bytes, as :meth:`BlobReader.copy_to`. Writes to ``dest`` block the loop
+        briefly, as writes to a regular file do.
+        """
+        out = dest if isinstance(dest, int) else dest.fileno()
+        if not isinstance(dest, int):
+            dest.flush()
+        start = self._stream.received
+        if self._stream.hashing or not hasattr(os, "splice"):
+            buf = bytearray(READ_CHUNK)
+            with memoryview(buf) as view:
+                while got := await self.readinto(buf):
+                    with view[:got] as data:
+                        while data:
+                            written = os.write(out, data)
+                            data = data[written:]
+            return self._stream.received - start
+        if self._closed:
+            raise ValueError("read from a closed AsyncBlobReader")
+        while not self._ended:
+            n = self._stream.want(READ_CHUNK)
+            if n:
+                moved = await self._splice_once(out, n)
+                if moved:
+                    self._stream.advance(moved)
+                    if not self._stream.overflowed:
+                        continue
+            await self._end()
+        if self._failure is not None:
+            raise self._failure
+        self._stream.check()
+        return self._stream.received - start
+
+    async def _splice_once(self, out: int, count: int) -> int:
+        fd = self._ends.data_fd
+        if fd != self._nonblocking_fd:
+            os.set_blocking(fd, False)
+            self._nonblocking_fd = fd
+        while True:
+            try:
+                return os.splice(fd, out, count, flags=os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
                 await self._wait_data(fd)
 

@@ -109,6 +109,21 @@ class BlobStream:
             )
 
     @property
+    def hashing(self) -> bool:
+        """Whether the bytes must pass through here (to be hashed)."""
+        return self._hasher is not None
+
+    def advance(self, count: int) -> None:
+        """Account for ``count`` bytes moved without being seen (zero-copy; no hashing)."""
+        assert self._hasher is None
+        self.received += count
+        size = self.size
+        if size is not None and self.received > size and self._error is None:
+            self._error = BlobVerificationError(
+                self.spec.digest, f"source has more than the expected {size} bytes"
+            )
+
+    @property
     def complete(self) -> bool:
         """Whether every byte of a blob of known size has been read."""
         size = self.size

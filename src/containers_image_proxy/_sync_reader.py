@@ -5,16 +5,21 @@ from __future__ import annotations
 import io
 import os
 import select
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 from . import _streaming as streaming
-from ._blobstream import StreamKind
 from ._errors import ProxyError
 from ._models import Digest
 from ._transport import READ_CHUNK
 
 if TYPE_CHECKING:
     from ._sync import ImageProxy
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
 
 
 def wait_readable(fd: int, timeout: Optional[float]) -> bool:
@@ -64,10 +69,8 @@ class BlobReader(io.BufferedIOBase):
     def _wait_data(self, fd: int) -> None:
         timeout = self._proxy._config.stall_timeout
         ends = self._ends
-        if self._stream.spec.kind is StreamKind.PIPE and ends.probe is None:
-            first = (
-                streaming.PROBE_AFTER if timeout is None else min(timeout, streaming.PROBE_AFTER)
-            )
+        first = streaming.first_wait(self._stream.spec.kind, ends.probe is not None, timeout)
+        if first is not None:
             if wait_readable(fd, first):
                 return
             ends.probe = self._proxy._submit("FinishPipe", (ends.pipe_id,), exempt=True)
@@ -113,6 +116,43 @@ class BlobReader(io.BufferedIOBase):
                     break
                 filled += got
             return filled
+
+    def copy_to(self, dest: Union[int, Any]) -> int:
+        """Copy the rest of the blob to ``dest`` (an fd or a file with ``fileno()``); returns
+        the bytes copied, after verification.
+
+        Where nothing needs to see the bytes (a GetBlob stream, verified by skopeo, or an
+        unverified GetRawBlob) they move from the pipe with ``os.splice``, never entering
+        Python; otherwise through one reused buffer, hashed on the way.
+        """
+        out = dest if isinstance(dest, int) else dest.fileno()
+        if not isinstance(dest, int):
+            dest.flush()
+        start = self._stream.received
+        if self._stream.hashing or not hasattr(os, "splice"):
+            buf = bytearray(READ_CHUNK)
+            with memoryview(buf) as view:
+                while got := self.readinto1(buf):
+                    with view[:got] as data:
+                        _write_all(out, data)
+            return self._stream.received - start
+        if self.closed:
+            raise ValueError("read from a closed BlobReader")
+        while not self._ended:
+            n = self._stream.want(READ_CHUNK)
+            if n:
+                fd = self._ends.data_fd
+                self._wait_data(fd)
+                moved = os.splice(fd, out, n)
+                if moved:
+                    self._stream.advance(moved)
+                    if not self._stream.overflowed:
+                        continue
+            self._end()
+        if self._failure is not None:
+            raise self._failure
+        self._stream.check()
+        return self._stream.received - start
 
     def read(self, size: Optional[int] = -1) -> bytes:
         """Read ``size`` bytes (fewer only at the end), or everything left when negative."""
