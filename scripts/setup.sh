@@ -13,7 +13,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # none of them (checked on a debootstrapped minbase bookworm).
 PACKAGES=(
     skopeo docker-registry umoci apache2-utils openssl gnupg patchelf python3-venv
-    binutils util-linux debian-archive-keyring ca-certificates
+    binutils util-linux debian-archive-keyring ca-certificates debootstrap
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -294,10 +294,13 @@ class DecompressingReader(io.RawIOBase):
                     self.trailing_bytes += len(self._buf)
                     self._trailing = True
                 continue
-            data = self._take() if dec.needs_input else b""
+            # A decoder whose last call filled the output exactly is asked again with no
+            # input; only one that wanted input and got none has hit a truncated stream.
+            wanted = dec.needs_input
+            data = self._take() if wanted else b""
             out = self._decode(dec, data, n)
             if out:
                 b[: len(out)] = out
                 return len(out)
-            if not data and dec.needs_input and not dec.eof:
+            if wanted and not data and not dec.eof:
                 raise LayerFormatError(f"{self._kind} stream is truncated", self._layer)

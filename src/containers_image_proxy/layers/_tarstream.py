@@ -28,6 +28,7 @@ class _HashingReader(io.RawIOBase):
         super().__init__()
         self._inner = inner
         self.hasher = hasher
+        self.count = 0  # bytes passed through so far
 
     def readable(self) -> bool:
         return True
@@ -36,6 +37,7 @@ class _HashingReader(io.RawIOBase):
         n = self._inner.readinto(b)
         if n:
             self.hasher.update(b[:n])
+            self.count += n
         return n or 0
 
 
@@ -102,9 +104,27 @@ class LayerStream:
                 errors="surrogateescape",
             )
             self._tar = tar
-            for info in tar:
+            entries = iter(tar)
+            data_end = 0
+            while True:
+                try:
+                    info = next(entries)
+                except StopIteration:
+                    return
+                except (tarfile.ReadError, EOFError):
+                    # Some writers (umoci insert) end the archive right after the last
+                    # member's data, without padding or end blocks; Go's archive/tar takes
+                    # that, and the diff_id still guards the content. Only at an entry
+                    # boundary, though: a stream cut inside data stays an error.
+                    if self._hashing.count >= data_end and not self._buffered.peek(1):
+                        return
+                    raise
                 data = tar.extractfile(info) if info.isreg() else None
+                data_end = info.offset_data + (info.size if info.isreg() else 0)
                 yield info, (EntryData(data, self.layer) if data is not None else None)
+                # tarfile keeps every TarInfo it read; a stream needs none of them again,
+                # and a layer of many entries would otherwise grow memory with its length
+                tar.members.clear()
         except (tarfile.TarError, EOFError) as e:
             raise LayerFormatError(f"corrupt tar stream: {e}", self.layer) from e
 
