@@ -124,7 +124,10 @@ class LayerStream:
                 yield info, (EntryData(data, self.layer) if data is not None else None)
                 # tarfile keeps every TarInfo it read; a stream needs none of them again,
                 # and a layer of many entries would otherwise grow memory with its length
-                tar.members.clear()
+                # (``members`` is not in the type stubs, hence getattr)
+                members = getattr(tar, "members", None)
+                if isinstance(members, list):
+                    members.clear()
         except (tarfile.TarError, EOFError) as e:
             raise LayerFormatError(f"corrupt tar stream: {e}", self.layer) from e
 
