@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 scripts/venv.sh
 echo "== ruff"
-.venv/bin/ruff check src tests examples
+.venv/bin/ruff check src tests examples bench
 .venv/bin/ruff format --check src
 echo "== mypy --strict"
 .venv/bin/mypy src
@@ -25,5 +25,8 @@ for version in 3.9 3.13; do
         tests/test_protocol.py tests/test_operations.py tests/test_models.py \
         tests/test_reference.py tests/test_client.py tests/test_async_client.py
 done
+# Benchmarks are never timed tests: the smoke size only proves they still run.
+echo "== benchmarks (smoke size, nothing judged)"
+.venv/bin/python -m bench --smoke
 echo "== pytest"
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -10,6 +10,7 @@ credentials) for Python programs, streamed without storing the image first::
 """
 
 from ._async import AsyncImageProxy
+from ._async_pool import AsyncProxyPool
 from ._async_reader import AsyncBlobReader
 from ._config import ProxyConfig
 from ._errors import (
@@ -37,6 +38,7 @@ from ._models import (
     RuntimeConfig,
 )
 from ._operations import OpenedImage
+from ._pool import PoolShutdownError, ProxyPool
 from ._protocol import Feature
 from ._reference import ImageReference
 from ._sync import ImageProxy
@@ -56,6 +58,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncBlobReader",
     "AsyncImageProxy",
+    "AsyncProxyPool",
     "BlobReader",
     "BlobVerificationError",
     "ConfigurationError",
@@ -73,11 +76,13 @@ __all__ = [
     "LayerInfo",
     "OpenedImage",
     "Platform",
+    "PoolShutdownError",
     "ProtocolError",
     "ProxyClosedError",
     "ProxyConfig",
     "ProxyError",
     "ProxyExitedError",
+    "ProxyPool",
     "ProxyStalledError",
     "ProxyTooOldError",
     "RequestError",

@@ -1,0 +1,153 @@
+"""``python -m bench``: build the inputs, run every measure, print the table.
+
+Options: ``--smoke`` (tiny sizes, one repetition: proves the suite runs), ``--repeats N``,
+``--only fetch,tags,relay,layers``, ``--workdir DIR`` (inputs are cached there; outputs are
+written there too), ``--client-src DIR`` (measure the client in DIR/containers_image_proxy
+instead of the installed one, e.g. a patched copy), ``--markdown FILE`` (also write the
+table there). ``CIP_SKOPEO_RELEASES=1.22`` restricts the skopeo releases, as for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from bench.inputs import REPO_ROOT, RegistryWithTags, big_layers_image, disk_free, tags_layout
+from bench.measure import child_env, load_average, machine_lines
+from bench.relay import DelayRelay
+from bench.rows import Bench, Row, Settings
+from testbed.releases import available_releases
+
+MEASURES = ("fetch", "tags", "relay", "layers")
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
+    p.add_argument("--repeats", type=int, default=None, help="runs of each contender (3)")
+    p.add_argument("--only", default=",".join(MEASURES), help="measures to run")
+    p.add_argument("--workdir", type=Path, default=REPO_ROOT / ".cache" / "bench")
+    p.add_argument("--client-src", default=None, help="directory holding a client to measure")
+    p.add_argument("--pool-size", type=int, default=4, help="pool for the local registry")
+    p.add_argument("--relay-pool-size", type=int, default=16, help="pool behind the relay")
+    p.add_argument("--relay-delay", type=float, default=0.010, help="seconds, each way")
+    p.add_argument("--markdown", type=Path, default=None, help="write the table here too")
+    return p.parse_args(argv)
+
+
+def render(rows: List[Row], machine: List[str], details: List[str]) -> str:
+    order: Dict[str, int] = {}
+    for row in rows:
+        order.setdefault(row.measure, len(order))
+    rows = sorted(rows, key=lambda r: order[r.measure])  # stable: releases stay in order
+    out = ["Machine:", *(f"- {line}" for line in machine), ""]
+    out.append("| measure | skopeo (protocol) | contender | baseline | ratio | target | met |")
+    out.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        out.append(
+            f"| {r.measure} | {r.release} | {r.contender} | {r.baseline} | {r.ratio} "
+            f"| {r.target} | {r.met} |"
+        )
+    if details:
+        out += ["", "Medians behind the table:", *(f"- {d}" for d in details)]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: List[str]) -> int:
+    args = parse_args(argv)
+    only = {m.strip() for m in args.only.split(",") if m.strip()}
+    unknown = only - set(MEASURES)
+    if unknown:
+        print(f"unknown measures: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    releases = available_releases()
+    if not releases:
+        print("no skopeo release found (scripts/setup.sh installs one)", file=sys.stderr)
+        return 2
+    workdir: Path = args.workdir
+    out_dir = workdir / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    smoke = args.smoke
+    settings = Settings(
+        smoke=smoke,
+        repeats=args.repeats or (1 if smoke else 3),
+        big_size=(4 << 20) if smoke else (1 << 30),
+        layer_count=8,
+        layer_size=(1 << 20) if smoke else (128 << 20),
+        tag_count=5 if smoke else 50,
+        pool_size=args.pool_size,
+        relay_pool_size=args.relay_pool_size,
+        relay_delay=args.relay_delay,
+        out_dir=out_dir,
+        env=child_env(args.client_src),
+    )
+    needed = 2 * settings.big_size + settings.layer_count * settings.layer_size + (1 << 30)
+    if disk_free(workdir) < needed:
+        print(f"not enough space in {workdir}: {needed >> 20} MiB needed", file=sys.stderr)
+        return 2
+
+    machine = machine_lines(releases, workdir)
+    if args.client_src:
+        machine.append(f"client measured from: {args.client_src}")
+    print("\n".join(machine), flush=True)
+    if load_average() > 0.5:
+        print("warning: other processes are using the CPU; the numbers will be noisy")
+    started = time.monotonic()
+    bench = Bench(settings)
+
+    print("building inputs ...", flush=True)
+    big = big_layers_image(workdir, 1, settings.big_size, seed=1000)
+    layers = big_layers_image(workdir, settings.layer_count, settings.layer_size, seed=2000)
+    # first reads from disk would make the first contender look slow: read everything once
+    for image in (big, layers):
+        for layer in image.layers:
+            with open(layer.path, "rb", buffering=0) as f:
+                while f.read(1 << 20):
+                    pass
+
+    if "fetch" in only:
+        print(f"fetch: one {big.layers[0].size >> 20} MiB layer", flush=True)
+        for release in releases:
+            bench.fetch_rows(release, big)
+    if only & {"tags", "relay"}:
+        layout, tags = tags_layout(workdir, settings.tag_count)
+        registry = RegistryWithTags(layout, tags, releases[-1].argv)
+        print(f"pushing {len(tags)} tags to a local registry ...", flush=True)
+        registry.start()
+        settings.registry_pid = registry.pid
+        try:
+            if "tags" in only:
+                print(f"tags: {len(tags)} images in a local registry", flush=True)
+                for release in releases:
+                    bench.tags_rows(release, registry.refs())
+            if "relay" in only:
+                delay = settings.relay_delay
+                with DelayRelay(("127.0.0.1", registry.port), delay) as relay:
+                    print(f"relay: +{2000 * delay:g} ms per round trip", flush=True)
+                    for release in releases:
+                        bench.relay_rows(release, registry.refs(relay.port))
+        finally:
+            registry.stop()
+    if "layers" in only:
+        print(f"layers: {settings.layer_count} x {settings.layer_size >> 20} MiB", flush=True)
+        for release in releases:
+            bench.layers_rows(release, layers)
+    bench.unpack_row()
+
+    machine.append(f"load average at the end: {load_average():.2f}")
+    machine.append(
+        f"run: {'smoke' if smoke else 'full'}, {settings.repeats} repetitions, "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    text = render(bench.rows, machine, settings.details)
+    print("\n" + text)
+    if args.markdown is not None:
+        args.markdown.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,544 @@
+"""Unpack speed and memory of the client against ``umoci unpack``, on a real image.
+
+    .venv/bin/python bench/bench_unpack.py            # Debian minbase + 128/512 MiB layers
+    .venv/bin/python bench/bench_unpack.py --smoke    # tiny: proves it runs (< 1 min warm)
+    .venv/bin/python bench/bench_unpack.py --profile  # also: where the client's time goes
+
+Needs root (the image holds files of other owners, devices, setuid files; both unpackers
+apply ownership). Images are built once and cached under ``--workdir``: the Debian one by
+tests/testbed/debian_image.py (its rootfs is debootstrapped once into the test-bed cache),
+and synthetic images of one big gzip layer (a few large files and many 1 MiB ones).
+
+Every contender runs in a fresh process, N times, alternating (the order rotates each
+round), into a fresh directory on the same filesystem as the image, page cache warm (one
+untimed run of each first), ``sync`` before each run so that one run's writeback does not
+land on the next. Contenders:
+
+- ``umoci unpack``: the target (it also writes a bundle and an mtree of the rootfs);
+- ``umoci raw unpack``: the rootfs only, umoci's bare extraction;
+- the client: ``ImageProxy`` + ``layers.unpack`` through skopeo (the newest release here).
+
+Printed: medians of the wall time, the ratios client/umoci, and peak RSS: the client's
+Python process (VmHWM, and how much it grew during the unpack), its skopeo, umoci. The
+big-file images come in two sizes (128 and 512 MiB) to show the client's memory does not
+follow the layer size; the many-files one (20000 files of 4 KiB) shows the cost per entry.
+Nothing here asserts anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Optional, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the test bed: releases, the Debian image
+
+from testbed.debian_image import build_debian_image, umoci_version  # noqa: E402
+from testbed.releases import SkopeoRelease, available_releases  # noqa: E402
+
+MiB = 1 << 20
+MEDIA_TYPE_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def log(msg: str) -> None:
+    print(f"[bench-unpack] {msg}", file=sys.stderr, flush=True)
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Image:
+    label: str
+    layout: Path
+    tag: str
+    layers: int
+    blob_bytes: int  # compressed, all layers
+    tar_bytes: int  # uncompressed, all layers
+
+    @property
+    def ref(self) -> str:
+        return f"oci:{self.layout}:{self.tag}"
+
+    @property
+    def umoci_image(self) -> str:
+        return f"{self.layout}:{self.tag}"
+
+
+def _layer_sizes(layout: Path, tag: str) -> tuple[int, int, int]:
+    """(layers, compressed bytes, uncompressed bytes) of an image in a layout."""
+    index = json.loads((layout / "index.json").read_text())
+    desc = next(
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    )
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_text())
+    compressed = uncompressed = 0
+    for layer in manifest["layers"]:
+        path = blobs / layer["digest"].split(":")[1]
+        compressed += layer["size"]
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(4 * MiB):
+                uncompressed += len(chunk)
+    return len(manifest["layers"]), compressed, uncompressed
+
+
+def debian_input(workdir: Path, skopeo: SkopeoRelease) -> tuple[Image, dict[str, float]]:
+    """The Debian image of the tests, built once into ``workdir/debian``."""
+    where = workdir / "debian"
+    ready = where / "ready.json"
+    if ready.exists():
+        info = json.loads(ready.read_text())
+        seconds: dict[str, float] = {}
+    else:
+        shutil.rmtree(where, ignore_errors=True)
+        t0 = time.monotonic()
+        image = build_debian_image(where, skopeo.argv, log=log)
+        seconds = dict(image.seconds, total=time.monotonic() - t0)
+        layers, blob, tar = _layer_sizes(image.layout, image.tag)
+        info = {"tag": image.tag, "layers": layers, "blob": blob, "tar": tar}
+        ready.write_text(json.dumps(info))
+    image_ = Image(
+        "Debian bookworm minbase (umoci, 2 layers)",
+        where / "oci",
+        info["tag"],
+        info["layers"],
+        info["blob"],
+        info["tar"],
+    )
+    return image_, seconds
+
+
+class _HashingWriter:
+    """A write-only file that hashes and counts what goes through it."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner = inner
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.inner.write(data)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
+class _Content:
+    """Incompressible bytes at memory speed: slices of one random block at moving offsets
+    (a PRNG per byte would take longer than the benchmark itself)."""
+
+    BLOCK = 4 * MiB
+
+    def __init__(self, seed: int) -> None:
+        block = random.Random(seed).randbytes(self.BLOCK)
+        self.ring = block + block  # any slice of up to BLOCK bytes is contiguous
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        parts = []
+        while n > 0:
+            k = min(n, self.BLOCK)
+            parts.append(self.ring[self.pos : self.pos + k])
+            # An odd step: files do not repeat one another block for block.
+            self.pos = (self.pos + k + 4093) % self.BLOCK
+            n -= k
+        return b"".join(parts)
+
+    def reader(self, size: int) -> Any:
+        content = self
+
+        class Reader:
+            left = size
+
+            def read(self, n: int = -1) -> bytes:
+                n = self.left if n < 0 else min(n, self.left)
+                self.left -= n
+                return content.take(n)
+
+        return Reader()
+
+
+def big_input(workdir: Path, mib: int) -> Image:
+    """One layer of ``mib`` MiB: a quarter in 4 files, the rest in 1 MiB files."""
+    sizes = [mib * MiB // 16] * 4 + [MiB] * (mib - mib // 4)
+    return synthetic_input(workdir, f"big-{mib}", f"synthetic, 1 layer of {mib} MiB", sizes)
+
+
+def many_files_input(workdir: Path, count: int) -> Image:
+    """One layer of ``count`` files of 4 KiB: what costs is the entries, not the bytes."""
+    label = f"synthetic, 1 layer of {count} files of 4 KiB"
+    return synthetic_input(workdir, f"files-{count}", label, [4096] * count)
+
+
+def synthetic_input(workdir: Path, key: str, label: str, sizes: list[int]) -> Image:
+    """One gzip layer holding files of ``sizes`` bytes, 100 to a directory. Written
+    streaming (never in memory) and cached in ``workdir/<key>``."""
+    where = workdir / key
+    ready = where / "ready.json"
+    if ready.exists():
+        info = json.loads(ready.read_text())
+        return Image(label, where / "oci", "big", 1, info["blob"], info["tar"])
+    shutil.rmtree(where, ignore_errors=True)
+    blobs = where / "oci" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    log(f"writing the image: {label}")
+    content = _Content(len(sizes))
+    tmp = blobs / "layer.tmp"
+    with open(tmp, "wb") as out:
+        compressed = _HashingWriter(out)
+        # Level 1: the layer's content is incompressible anyway; mtime 0: stable digests.
+        gz_args: dict[str, Any] = {"fileobj": compressed, "compresslevel": 1, "mtime": 0}
+        with gzip.GzipFile(mode="wb", **gz_args) as gz:
+            raw = _HashingWriter(gz)  # type: ignore[arg-type]
+            with tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                for i, size in enumerate(sizes):
+                    info = tarfile.TarInfo(f"data/{i // 100:03d}/file-{i:05d}.bin")
+                    info.size, info.mode, info.mtime = size, 0o644, 1_700_000_000
+                    tar.addfile(info, content.reader(size))
+    blob_digest = compressed.sha256.hexdigest()
+    tmp.rename(blobs / blob_digest)
+
+    def put(obj: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(obj, separators=(",", ":")).encode()
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    config = put(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{raw.sha256.hexdigest()}"]},
+        }
+    )
+    layer = {"mediaType": MEDIA_TYPE_GZIP, "digest": f"sha256:{blob_digest}"}
+    manifest = put(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": [{**layer, "size": compressed.size}],
+        }
+    )
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                **manifest,
+                "annotations": {"org.opencontainers.image.ref.name": "big"},
+            }
+        ],
+    }
+    (where / "oci" / "index.json").write_text(json.dumps(index))
+    (where / "oci" / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    ready.write_text(json.dumps({"blob": compressed.size, "tar": raw.size}))
+    return Image(label, where / "oci", "big", 1, compressed.size, raw.size)
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    wall: float
+    maxrss_kib: int  # of the process and the children it waited for (wait4)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_measured(argv: Sequence[str], env: Optional[dict[str, str]] = None) -> Sample:
+    """Run ``argv`` to its end; wall time, peak RSS, and its last stdout line as JSON
+    (when it prints one)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env
+        )
+        # wait4 rather than Popen.wait: it also gives the child's resource usage.
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        if proc.returncode != 0:
+            stderr = err.read().decode(errors="replace")
+            raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{stderr}")
+    extra: dict[str, Any] = {}
+    lines = stdout.strip().splitlines()
+    if lines and lines[-1].startswith("{"):
+        extra = json.loads(lines[-1])
+    return Sample(wall, usage.ru_maxrss, extra)
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    argv: Callable[[Image, Path], list[str]]
+
+
+def contenders(skopeo: SkopeoRelease) -> list[Contender]:
+    def client(image: Image, dest: Path) -> list[str]:
+        argv = [sys.executable, __file__, "--child", image.ref, str(dest)]
+        return [*argv, "--skopeo-argv", json.dumps(list(skopeo.argv))]
+
+    return [
+        Contender(
+            "umoci unpack", lambda i, d: ["umoci", "unpack", "--image", i.umoci_image, str(d)]
+        ),
+        Contender(
+            "umoci raw unpack",
+            lambda i, d: ["umoci", "raw", "unpack", "--image", i.umoci_image, str(d / "rootfs")],
+        ),
+        Contender("client", client),
+    ]
+
+
+def child_env(client_src: Optional[str]) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [p for p in (client_src, env.get("PYTHONPATH")) if p]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def measure(
+    image: Image, conts: list[Contender], repeats: int, scratch: Path, env: dict[str, str]
+) -> dict[str, list[Sample]]:
+    results: dict[str, list[Sample]] = {c.name: [] for c in conts}
+    for round_ in range(repeats + 1):  # round 0 warms the page cache and is not kept
+        order = conts[round_ % len(conts) :] + conts[: round_ % len(conts)]
+        for c in order:
+            dest = scratch / f"dest-{round_}-{c.name.replace(' ', '-')}"
+            if c.name.startswith("umoci raw"):
+                dest.mkdir()
+            os.sync()
+            sample = run_measured(c.argv(image, dest), env)
+            shutil.rmtree(dest)
+            os.sync()
+            if round_:
+                results[c.name].append(sample)
+    return results
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def child(ref: str, dest: str, skopeo_argv: list[str], profile: bool) -> None:
+    """One client unpack in this (fresh) process; prints a JSON line of measurements."""
+    import resource
+
+    from containers_image_proxy import ImageProxy, ProxyConfig
+    from containers_image_proxy.layers import unpack
+
+    profiles: list[Any] = []
+    if profile:
+        profiles = _profile_all_threads()
+    rss_before = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    config = ProxyConfig(skopeo=tuple(skopeo_argv))
+    with ImageProxy(config) as proxy, proxy.open_image(ref) as img:
+        unpack(proxy, img, dest)
+    seconds = time.perf_counter() - t0
+    if profile:
+        _print_profile(profiles)
+    result = {
+        "seconds": seconds,
+        "rss_before_kib": rss_before,
+        "hwm_kib": _status_kib("VmHWM"),
+        # skopeo, reaped when the proxy closed.
+        "skopeo_maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    }
+    print(json.dumps(result), flush=True)
+
+
+def _profile_all_threads() -> list[Any]:
+    """cProfile the main thread and every thread started from now on (the engine parses
+    in a thread of its own: a main-thread profile would miss all of that)."""
+    import cProfile
+    import threading
+
+    main = cProfile.Profile()
+    profiles = [main]
+    original = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        prof = cProfile.Profile()
+        try:
+            prof.enable()
+        except ValueError:  # Python 3.12+: one profiler at a time
+            original(self)
+            return
+        profiles.append(prof)
+        try:
+            original(self)
+        finally:
+            prof.disable()
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+    main.enable()
+    return profiles
+
+
+def _print_profile(profiles: list[Any]) -> None:
+    import io
+    import pstats
+
+    profiles[0].disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiles[0], stream=out)
+    for prof in profiles[1:]:
+        stats.add(prof)
+    stats.sort_stats("tottime").print_stats(25)
+    print(f"cProfile, {len(profiles)} threads merged (own time first):", file=sys.stderr)
+    print(out.getvalue(), file=sys.stderr)
+
+
+# --- report ---------------------------------------------------------------------------
+
+
+def _mib(kib: float) -> str:
+    return f"{kib / 1024:.0f} MiB"
+
+
+def report(image: Image, results: dict[str, list[Sample]]) -> list[str]:
+    med = {name: statistics.median(s.wall for s in samples) for name, samples in results.items()}
+    client = results["client"]
+    inproc = statistics.median(s.extra["seconds"] for s in client)
+    hwm = max(s.extra["hwm_kib"] for s in client)
+    grew = max(s.extra["hwm_kib"] - s.extra["rss_before_kib"] for s in client)
+    skopeo_rss = max(s.extra["skopeo_maxrss_kib"] for s in client)
+    umoci_rss = max(s.maxrss_kib for s in results["umoci unpack"])
+    ratio = med["client"] / med["umoci unpack"]
+    return [
+        f"| {image.label} | {image.tar_bytes / MiB:.0f} MiB ({image.blob_bytes / MiB:.0f} gz) "
+        f"| {med['umoci unpack']:.2f} s | {med['umoci raw unpack']:.2f} s "
+        f"| {med['client']:.2f} s ({inproc:.2f} in unpack) "
+        f"| **{ratio:.2f}** | {med['client'] / med['umoci raw unpack']:.2f} "
+        f"| {_mib(hwm)} (+{_mib(grew)}) | {_mib(skopeo_rss)} | {_mib(umoci_rss)} |"
+    ]
+
+
+HEADER = [
+    "| image | tar (blob) | umoci unpack | umoci raw unpack | client (wall) "
+    "| client/umoci | client/raw | client peak RSS (growth) | skopeo RSS | umoci RSS |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def machine(workdir: Path, skopeo: SkopeoRelease) -> list[str]:
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(workdir)], capture_output=True, text=True
+    ).stdout.strip()
+    return [
+        f"{os.cpu_count()} CPUs, {platform.machine()}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}",
+        f"{umoci_version()}; {skopeo}; workdir {workdir} ({fs})",
+    ]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs of each (5)")
+    p.add_argument(
+        "--big-mib", type=int, default=None, help="largest synthetic layer (512; 0: none)"
+    )
+    p.add_argument("--many-files", type=int, default=None, help="4 KiB files (20000; 0: none)")
+    p.add_argument("--no-debian", action="store_true", help="synthetic images only")
+    p.add_argument("--workdir", type=Path, default=REPO / ".cache" / "bench-unpack")
+    p.add_argument("--skopeo", default=None, help="release name or prefix (newest)")
+    p.add_argument("--client-src", default=None, help="measure the client in this directory")
+    p.add_argument("--profile", action="store_true", help="cProfile one client unpack")
+    p.add_argument("--child", nargs=2, metavar=("REF", "DEST"), help=argparse.SUPPRESS)
+    p.add_argument("--skopeo-argv", default="[]", help=argparse.SUPPRESS)
+    p.add_argument("--child-profile", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.child:
+        ref, dest = args.child
+        child(ref, dest, json.loads(args.skopeo_argv), args.child_profile)
+        return 0
+    if os.geteuid() != 0:
+        log("needs root: both unpackers apply the image's ownership")
+        return 2
+    repeats = args.repeats or (1 if args.smoke else 5)
+    big = args.big_mib if args.big_mib is not None else (16 if args.smoke else 512)
+    many = args.many_files if args.many_files is not None else (2000 if args.smoke else 20000)
+    releases = available_releases()
+    chosen = [r for r in releases if args.skopeo in (None, r.name)]
+    chosen = chosen or [r for r in releases if r.name.startswith(f"{args.skopeo}.")]
+    if not chosen:
+        log(f"no skopeo release {args.skopeo!r}; have {[r.name for r in releases]}")
+        return 2
+    skopeo = chosen[-1]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    env = child_env(args.client_src)
+
+    images: list[Image] = []
+    if not args.no_debian:
+        t0 = time.monotonic()
+        debian, built = debian_input(args.workdir, skopeo)
+        how = "cached" if not built else ", ".join(f"{k} {v:.1f}s" for k, v in built.items())
+        log(f"Debian image ready in {time.monotonic() - t0:.1f}s ({how})")
+        images.append(debian)
+    for mib in sorted({max(big // 4, 1), big} if big > 0 else ()):
+        images.append(big_input(args.workdir, mib))
+    if many > 0:
+        images.append(many_files_input(args.workdir, many))
+
+    conts = contenders(skopeo)
+    lines = [
+        "",
+        *(f"- {m}" for m in machine(args.workdir, skopeo)),
+        "",
+        f"Medians of {repeats} run(s) each, wall time of the whole process:",
+        "",
+        *HEADER,
+    ]
+    for image in images:
+        log(f"measuring {image.label}")
+        with tempfile.TemporaryDirectory(dir=args.workdir, prefix="dest-") as scratch:
+            results = measure(image, conts, repeats, Path(scratch), env)
+        lines += report(image, results)
+    print("\n".join(lines))
+
+    if args.profile:
+        with tempfile.TemporaryDirectory(dir=args.workdir, prefix="dest-") as scratch:
+            image = images[0]
+            argv = [*conts[-1].argv(image, Path(scratch) / "profiled"), "--child-profile"]
+            proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+            print(f"\nProfile of the client on {image.label}:\n{proc.stderr}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
