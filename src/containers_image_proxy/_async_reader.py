@@ -7,14 +7,13 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, List, Optional, Union
 
 from . import _streaming as streaming
 from ._errors import ProxyError
-from ._models import Digest
 from ._transport import READ_CHUNK
 
 if TYPE_CHECKING:
     from ._async import AsyncImageProxy
 
 
-class AsyncBlobReader:
+class AsyncBlobReader(streaming.StreamInfo):
     """A blob streamed from the proxy, for asyncio: ``await read(n)``, ``async for chunk``.
 
     Reaching the end verifies size and digest; closing early is allowed and cheap.
@@ -28,21 +27,6 @@ class AsyncBlobReader:
         self._closed = False
         self._failure: Optional[BaseException] = None
         self._nonblocking_fd = -1
-
-    @property
-    def digest(self) -> Digest:
-        """The digest asked for."""
-        return self._stream.spec.digest
-
-    @property
-    def size(self) -> Optional[int]:
-        """The blob's size, when known."""
-        return self._stream.size
-
-    @property
-    def bytes_read(self) -> int:
-        """How many bytes were handed out so far."""
-        return self._stream.received
 
     @property
     def closed(self) -> bool:

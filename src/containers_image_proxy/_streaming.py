@@ -19,6 +19,7 @@ from typing import Any, Generator, Optional, Tuple, Union
 
 from ._blobstream import BlobStream, StreamKind, StreamSpec
 from ._connection import Ticket
+from ._digest import Digest
 from ._errors import ProtocolError, RequestError
 from ._operations import Sleep, backoff
 from ._protocol import Arg, PipeReply, RawPipesReply, Reply, decode_raw_blob_error
@@ -136,6 +137,27 @@ class StreamEnds:
         """Close our ends (idempotent). The proxy's writer then fails with EPIPE, harmlessly."""
         close_fds(self.data_fd, self.error_fd)
         self.data_fd = self.error_fd = -1
+
+
+class StreamInfo:
+    """What both blob readers tell about their stream."""
+
+    _stream: BlobStream
+
+    @property
+    def digest(self) -> Digest:
+        """The digest asked for."""
+        return self._stream.spec.digest
+
+    @property
+    def size(self) -> Optional[int]:
+        """The blob's size, when known."""
+        return self._stream.size
+
+    @property
+    def bytes_read(self) -> int:
+        """How many bytes were handed out so far."""
+        return self._stream.received
 
 
 def _reply_fds(reply: Reply) -> Tuple[int, ...]:

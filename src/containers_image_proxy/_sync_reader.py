@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 from . import _streaming as streaming
 from ._errors import ProxyError
-from ._models import Digest
 from ._transport import READ_CHUNK
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ def wait_readable(fd: int, timeout: Optional[float]) -> bool:
     return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
-class BlobReader(io.BufferedIOBase):
+class BlobReader(streaming.StreamInfo, io.BufferedIOBase):
     """A blob streamed from the proxy: a binary file object.
 
     Reading to the end checks size and digest and raises
@@ -47,21 +46,6 @@ class BlobReader(io.BufferedIOBase):
         self._stream = ends.stream
         self._ended = False  # the data part is over and its end was handled
         self._failure: Optional[BaseException] = None
-
-    @property
-    def digest(self) -> Digest:
-        """The digest asked for."""
-        return self._stream.spec.digest
-
-    @property
-    def size(self) -> Optional[int]:
-        """The blob's size, when known."""
-        return self._stream.size
-
-    @property
-    def bytes_read(self) -> int:
-        """How many bytes were handed out so far."""
-        return self._stream.received
 
     def readable(self) -> bool:
         return True
