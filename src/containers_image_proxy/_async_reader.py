@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, List, Optional, Union
 
 from . import _streaming as streaming
 from ._errors import ProxyError
-from ._transport import READ_CHUNK
+from ._transport import READ_CHUNK, write_all
 
 if TYPE_CHECKING:
     from ._async import AsyncImageProxy
@@ -94,9 +94,7 @@ class AsyncBlobReader(streaming.StreamInfo):
             with memoryview(buf) as view:
                 while got := await self.readinto(buf):
                     with view[:got] as data:
-                        while data:
-                            written = os.write(out, data)
-                            data = data[written:]
+                        write_all(out, data)
             return self._stream.received - start
         if self._closed:
             raise ValueError("read from a closed AsyncBlobReader")

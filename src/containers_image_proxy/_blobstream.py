@@ -99,9 +99,17 @@ class BlobStream:
 
     def feed(self, data: memoryview | bytes) -> None:
         """Account for ``data`` just read."""
-        self.received += len(data)
         if self._hasher is not None:
             self._hasher.update(data)
+        self._count(len(data))
+
+    def advance(self, count: int) -> None:
+        """Account for ``count`` bytes moved without being seen (zero-copy; no hashing)."""
+        assert self._hasher is None
+        self._count(count)
+
+    def _count(self, count: int) -> None:
+        self.received += count
         size = self.size
         if size is not None and self.received > size and self._error is None:
             self._error = BlobVerificationError(
@@ -112,16 +120,6 @@ class BlobStream:
     def hashing(self) -> bool:
         """Whether the bytes must pass through here (to be hashed)."""
         return self._hasher is not None
-
-    def advance(self, count: int) -> None:
-        """Account for ``count`` bytes moved without being seen (zero-copy; no hashing)."""
-        assert self._hasher is None
-        self.received += count
-        size = self.size
-        if size is not None and self.received > size and self._error is None:
-            self._error = BlobVerificationError(
-                self.spec.digest, f"source has more than the expected {size} bytes"
-            )
 
     @property
     def complete(self) -> bool:

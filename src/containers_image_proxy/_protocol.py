@@ -184,12 +184,14 @@ Reply = Union[ValueReply, PipeReply, RawPipesReply]
 _ERROR_CODES = ("EPIPE", "retryable", "other")
 
 
-def _close_all(fds: Sequence[int]) -> None:
+def close_fds(*fds: int) -> None:
+    """Close descriptors, ignoring those already closed (or -1, "none")."""
     for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool = False) -> Reply:
@@ -201,7 +203,7 @@ def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool =
     try:
         return _decode_reply(method, data, fds, truncated)
     except BaseException:
-        _close_all(fds)
+        close_fds(*fds)
         raise
 
 

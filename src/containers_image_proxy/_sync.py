@@ -30,7 +30,7 @@ from ._errors import (
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
-from ._protocol import Arg, PipeReply, Reply, ValueReply
+from ._protocol import Arg, PipeReply, Reply, ValueReply, encode_request
 from ._reference import ImageReference
 from ._sync_reader import BlobReader, wait_readable
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
@@ -95,10 +95,9 @@ class ImageProxy(ops.FrontEnd):
             self._closed = True
             if not already_failed:
                 try:
-                    data, _ = self._conn.request("Shutdown", ())
-                    self._conn.pending.pop()  # Shutdown has no reply
-                    self._process.sock.sendmsg([data])
-                except (OSError, ProxyError):
+                    # Shutdown has no reply, hence no ticket
+                    self._process.sock.sendmsg([encode_request("Shutdown", ())])
+                except OSError:
                     pass
                 self._conn.fail(ProxyClosedError("the proxy was closed"))
             self._cond.notify_all()

@@ -9,16 +9,10 @@ from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 from . import _streaming as streaming
 from ._errors import ProxyError
-from ._transport import READ_CHUNK
+from ._transport import READ_CHUNK, write_all
 
 if TYPE_CHECKING:
     from ._sync import ImageProxy
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
 
 
 def wait_readable(fd: int, timeout: Optional[float]) -> bool:
@@ -118,7 +112,7 @@ class BlobReader(streaming.StreamInfo, io.BufferedIOBase):
             with memoryview(buf) as view:
                 while got := self.readinto1(buf):
                     with view[:got] as data:
-                        _write_all(out, data)
+                        write_all(out, data)
             return self._stream.received - start
         if self.closed:
             raise ValueError("read from a closed BlobReader")

@@ -14,6 +14,7 @@ import socket
 from typing import List, Tuple
 
 from ._protocol import MAX_REPLY_SIZE
+from ._protocol import close_fds as close_fds  # one implementation, shared
 
 # Room for more fds than any reply may carry, so that extra ones are seen (and closed)
 # instead of being silently cut off by the kernel.
@@ -58,11 +59,8 @@ def new_receive_buffer() -> bytearray:
     return bytearray(MAX_REPLY_SIZE)
 
 
-def close_fds(*fds: int) -> None:
-    """Close descriptors, ignoring those already closed."""
-    for fd in fds:
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+def write_all(fd: int, data: memoryview) -> None:
+    """Write all of ``data`` (os.write may write less than asked)."""
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
