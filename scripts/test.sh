@@ -23,7 +23,8 @@ for version in 3.9 3.13; do
     PYTHON=$python VENV=.venv-$version scripts/venv.sh
     CIP_SKOPEO_RELEASES=system,sid ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider \
         tests/test_protocol.py tests/test_operations.py tests/test_models.py \
-        tests/test_reference.py tests/test_client.py tests/test_async_client.py
+        tests/test_reference.py tests/test_client.py tests/test_async_client.py \
+        tests/test_copy_to.py
 done
 # Benchmarks are never timed tests: the smoke size only proves they still run.
 echo "== benchmarks (smoke size, nothing judged)"

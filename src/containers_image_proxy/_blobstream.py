@@ -98,17 +98,24 @@ class BlobStream:
         return max(1, min(n, left)) if left > 0 else 1
 
     def feed(self, data: memoryview | bytes) -> None:
-        """Account for ``data`` just read."""
-        if self._hasher is not None:
-            self._hasher.update(data)
-        self._count(len(data))
+        """Account for ``data`` just read: ``hash`` and ``count`` together."""
+        self.hash(data)
+        self.count(len(data))
 
     def advance(self, count: int) -> None:
         """Account for ``count`` bytes moved without being seen (zero-copy; no hashing)."""
         assert self._hasher is None
-        self._count(count)
+        self.count(count)
 
-    def _count(self, count: int) -> None:
+    def hash(self, data: memoryview | bytes) -> None:
+        """Hash ``data``, if this stream is verified here. Apart from ``count`` so that
+        another thread can hash while the reader goes on; every byte counted must be
+        hashed, in order, before ``check``, ``begin_resume`` or ``check_prefix``."""
+        if self._hasher is not None:
+            self._hasher.update(data)
+
+    def count(self, count: int) -> None:
+        """Account for ``count`` bytes read (the half of ``feed`` the reader does)."""
         self.received += count
         size = self.size
         if size is not None and self.received > size and self._error is None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import select
+import time
 from typing import TYPE_CHECKING, Any, List, Optional, Union
 
+from . import _pipeline as pipeline
 from . import _streaming as streaming
 from ._errors import ProxyError
 from ._transport import READ_CHUNK, write_all
@@ -60,24 +63,38 @@ class BlobReader(streaming.StreamInfo, io.BufferedIOBase):
     # Every memoryview of the caller's buffer is released before returning or raising: a
     # view left alive (in a traceback, say) would stop the caller from resizing the buffer.
 
+    def _pull(self, view: memoryview, hash_here: bool = True) -> int:
+        """Read once from the pipe into ``view``; 0 when the data part is over (size
+        reached, EOF, or more bytes than the blob may have)."""
+        n = self._stream.want(len(view))
+        if not n:
+            return 0
+        with view[:n] as chunk:
+            fd = self._ends.data_fd
+            self._wait_data(fd)
+            got = os.readv(fd, [chunk])
+            if hash_here:
+                with chunk[:got] as data:
+                    self._stream.feed(data)
+            else:
+                self._stream.count(got)
+        return 0 if self._stream.overflowed else got
+
     def readinto1(self, b: Any) -> int:
         """Read once from the pipe into ``b``; 0 at the end (after verification)."""
         if self.closed:
             raise ValueError("read from a closed BlobReader")
         with memoryview(b) as mv, mv.cast("B") as view:
+            if not view:
+                return 0
             while not self._ended:
-                n = self._stream.want(len(view))
-                if n:
-                    with view[:n] as chunk:
-                        fd = self._ends.data_fd
-                        self._wait_data(fd)
-                        got = os.readv(fd, [chunk])
-                        if got:
-                            with chunk[:got] as data:
-                                self._stream.feed(data)
-                            if not self._stream.overflowed:
-                                return got
+                got = self._pull(view)
+                if got:
+                    return got
                 self._end()  # size reached, EOF, or too much data
+        return self._verified_end()
+
+    def _verified_end(self) -> int:
         if self._failure is not None:
             raise self._failure
         self._stream.check()
@@ -101,21 +118,28 @@ class BlobReader(streaming.StreamInfo, io.BufferedIOBase):
 
         Where nothing needs to see the bytes (a GetBlob stream, verified by skopeo, or an
         unverified GetRawBlob) they move from the pipe with ``os.splice``, never entering
-        Python; otherwise through one reused buffer, hashed on the way.
+        Python. A stream hashed here is read on this thread while two helper threads hash
+        and write it (small ones: one reused buffer, hashed on the way).
         """
         out = dest if isinstance(dest, int) else dest.fileno()
         if not isinstance(dest, int):
             dest.flush()
-        start = self._stream.received
-        if self._stream.hashing or not hasattr(os, "splice"):
-            buf = bytearray(READ_CHUNK)
-            with memoryview(buf) as view:
-                while got := self.readinto1(buf):
-                    with view[:got] as data:
-                        write_all(out, data)
-            return self._stream.received - start
         if self.closed:
             raise ValueError("read from a closed BlobReader")
+        start = self._stream.received
+        if self._stream.hashing or not hasattr(os, "splice"):
+            size = self._stream.size
+            buffers = pipeline.buffer_count(None if size is None else size - start)
+            if buffers and self._stream.hashing:
+                self._copy_pipelined(out, buffers)
+            else:
+                buf = bytearray(READ_CHUNK)
+                with memoryview(buf) as view:
+                    while got := self.readinto1(buf):
+                        with view[:got] as data:
+                            write_all(out, data)
+            return self._stream.received - start
+        coalescer = streaming.Coalescer(self._ends.pipe_size)
         while not self._ended:
             n = self._stream.want(READ_CHUNK)
             if n:
@@ -125,12 +149,52 @@ class BlobReader(streaming.StreamInfo, io.BufferedIOBase):
                 if moved:
                     self._stream.advance(moved)
                     if not self._stream.overflowed:
+                        pause = coalescer.pause_after(moved)
+                        if pause:
+                            time.sleep(pause)
                         continue
             self._end()
-        if self._failure is not None:
-            raise self._failure
-        self._stream.check()
+        self._verified_end()
         return self._stream.received - start
+
+    def _copy_pipelined(self, out: int, buffers: int) -> None:
+        """Read here while helper threads hash and write (see _pipeline)."""
+        returned: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        stages = pipeline.HashWritePipeline(out, self._stream.hash, returned.put, buffers)
+        idle = list(stages.buffers)
+        coalescer = streaming.Coalescer(self._ends.pipe_size)
+
+        def take_back(until: int) -> None:
+            while len(idle) < until:
+                idle.append(returned.get())
+            if stages.error is not None:
+                raise stages.error
+
+        try:
+            while not self._ended:
+                take_back(1)
+                buf = idle.pop()
+                filled = 0
+                with memoryview(buf) as view:
+                    while filled < len(view):
+                        with view[filled:] as rest:
+                            got = self._pull(rest, hash_here=False)
+                        if not got:
+                            break
+                        filled += got
+                        pause = coalescer.pause_after(got)
+                        if pause and filled < len(view):
+                            time.sleep(pause)
+                if filled:
+                    stages.submit(buf, filled)
+                else:
+                    idle.append(buf)
+                if filled < len(buf):  # the data part is over: judge it on every byte
+                    take_back(len(stages.buffers))
+                    self._end()
+        finally:
+            stages.close()
+        self._verified_end()
 
     def read(self, size: Optional[int] = -1) -> bytes:
         """Read ``size`` bytes (fewer only at the end), or everything left when negative."""

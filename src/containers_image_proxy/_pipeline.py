@@ -1,0 +1,104 @@
+"""Hashing and writing a verified blob beside the reads, for ``copy_to``.
+
+Read, hash and write on one thread take the sum of their times; here the reader's thread
+(or event loop) only reads, one helper thread hashes and another writes, so the slowest of
+the three sets the pace. hashlib and ``os.write`` release the GIL on large buffers, so the
+three really run at once. Buffers are reused: filled by the reader, handed to the hasher,
+then to the writer, then given back through ``on_free`` (a queue's ``put`` for the sync
+reader, a ``call_soon_threadsafe`` for the asyncio one).
+
+Both readers keep the rule that makes verification and resumption exact: before the end of
+a stream is judged they take every buffer back (``drain`` on their side), so every byte
+counted has been hashed and written.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, List, Optional, Tuple
+
+from ._transport import write_all
+
+BUFFER_SIZE = 1024 * 1024  # one full pipe (the data pipes are grown to 1 MiB)
+BUFFER_COUNT = 8
+# Below this a stream is copied on the caller's thread: starting two threads and touching
+# 8 MiB of buffers would cost more than it saves.
+MIN_PIPELINED_SIZE = 4 * BUFFER_SIZE
+
+_Item = Optional[Tuple[bytearray, int]]
+
+
+def buffer_count(size: Optional[int]) -> int:
+    """How many buffers a stream of ``size`` bytes (None: unknown) is worth; 0: none."""
+    if size is not None and size < MIN_PIPELINED_SIZE:
+        return 0
+    if size is None:
+        return BUFFER_COUNT
+    return min(BUFFER_COUNT, -(-size // BUFFER_SIZE))
+
+
+class HashWritePipeline:
+    """Two helper threads: one hashes filled buffers in order, the other writes them to
+    ``out`` in order and gives each back with ``on_free``.
+
+    The first exception of either stage is kept in ``error`` (later buffers are passed
+    along untouched, so every buffer still comes back); the reader raises it.
+    """
+
+    def __init__(
+        self,
+        out: int,
+        hash_data: Callable[[memoryview], None],
+        on_free: Callable[[bytearray], None],
+        count: int = BUFFER_COUNT,
+    ) -> None:
+        self.buffers: List[bytearray] = [bytearray(BUFFER_SIZE) for _ in range(count)]
+        self.error: Optional[BaseException] = None
+        self._out = out
+        self._hash = hash_data
+        self._on_free = on_free
+        self._to_hash: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._to_write: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._hash_loop, name="cip-hash", daemon=True),
+            threading.Thread(target=self._write_loop, name="cip-write", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, buf: bytearray, filled: int) -> None:
+        """Hand over ``buf``, whose first ``filled`` bytes were just read."""
+        self._to_hash.put((buf, filled))
+
+    def close(self) -> None:
+        """Stop both threads once the buffers handed over are through; idempotent."""
+        if not self._threads:
+            return
+        self._to_hash.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+    def _hash_loop(self) -> None:
+        while (item := self._to_hash.get()) is not None:
+            if self.error is None:
+                buf, filled = item
+                try:
+                    with memoryview(buf) as view, view[:filled] as data:
+                        self._hash(data)
+                except BaseException as e:  # handed to the reader, raised there
+                    self.error = e
+            self._to_write.put(item)
+        self._to_write.put(None)
+
+    def _write_loop(self) -> None:
+        while (item := self._to_write.get()) is not None:
+            buf, filled = item
+            if self.error is None:
+                try:
+                    with memoryview(buf) as view, view[:filled] as data:
+                        write_all(self._out, data)
+                except BaseException as e:  # handed to the reader, raised there
+                    self.error = e
+            self._on_free(buf)

@@ -1,0 +1,239 @@
+"""``copy_to`` of streams the client hashes: the read / hash / write pipeline.
+
+A stream is hashed here when it is a verified GetRawBlob (0.2.8) or, on every release, a
+GetBlob with ``retries`` set (its prefix hash makes resumption exact). Such a stream of
+4 MiB or more is copied by the reader's thread (or loop) while two helper threads hash and
+write it; these tests hold it to the same promises as the plain reads: every byte, in
+order, verified, errors typed, nothing leaked (descriptors, children, threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+from conftest import make_config
+from containers_image_proxy import (
+    AsyncImageProxy,
+    BlobVerificationError,
+    ImageProxy,
+    ProxyConfig,
+)
+from containers_image_proxy import _async_reader
+from testbed.images import ImageInfo, LayoutBuilder, corrupt_blob, random_layer
+from testbed.releases import SkopeoRelease
+
+pytestmark = pytest.mark.integration
+
+SIZE = 12 * 1024 * 1024 + 12345  # several pipeline buffers and a partial last one
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[LayoutBuilder, ImageInfo]:
+    builder = LayoutBuilder(tmp_path_factory.mktemp("copy-to") / "oci")
+    return builder, builder.add_image("big", [random_layer(7, SIZE)], compression=None)
+
+
+@pytest.fixture
+def no_thread_leaks() -> Iterator[None]:
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    left = [t for t in threading.enumerate() if t.ident not in before]
+    # the asyncio reader's hashing pool is shared and lives on: only ours count
+    assert [t.name for t in left if t.name in ("cip-hash", "cip-write")] == []
+
+
+def hashed_streams(release: SkopeoRelease) -> List[str]:
+    """The ways to get a stream the client hashes, on this release."""
+    return ["get_blob+retries", *(["get_raw_blob"] if release.protocol >= "0.2.8" else [])]
+
+
+def open_stream(proxy: ImageProxy, img: Any, how: str, digest: str, size: int) -> Any:
+    if how == "get_raw_blob":
+        return proxy.get_raw_blob(img, digest, size, verify=True)
+    return proxy.get_blob(img, digest, size)
+
+
+def test_copy_to_hashed_streams(
+    skopeo_release: SkopeoRelease,
+    big: tuple[LayoutBuilder, ImageInfo],
+    tmp_path: Path,
+    no_leaks: None,
+    no_thread_leaks: None,
+) -> None:
+    builder, image = big
+    layer = image.layers[0]
+    config = make_config(skopeo_release, retries=1)
+    with ImageProxy(config) as proxy, proxy.open_image(builder.ref("big")) as img:
+        for how in hashed_streams(skopeo_release):
+            with open_stream(proxy, img, how, layer.digest, layer.size) as blob:
+                assert blob._stream.hashing, how
+                head = blob.read(10)
+                with open(tmp_path / how, "wb") as out:
+                    out.write(head)  # buffered: copy_to flushes it first
+                    assert blob.copy_to(out) == layer.size - 10
+                assert blob.bytes_read == layer.size
+            assert (tmp_path / how).read_bytes() == layer.blob, how
+
+
+def test_async_copy_to_hashed_streams(
+    skopeo_release: SkopeoRelease,
+    big: tuple[LayoutBuilder, ImageInfo],
+    tmp_path: Path,
+    no_leaks: None,
+    no_thread_leaks: None,
+) -> None:
+    builder, image = big
+    layer = image.layers[0]
+    config = make_config(skopeo_release, retries=1)
+
+    async def main() -> None:
+        async with AsyncImageProxy(config) as proxy:
+            async with await proxy.open_image(builder.ref("big")) as img:
+                for how in hashed_streams(skopeo_release):
+                    if how == "get_raw_blob":
+                        blob = await proxy.get_raw_blob(img, layer.digest, layer.size, verify=True)
+                    else:
+                        blob = await proxy.get_blob(img, layer.digest, layer.size)
+                    async with blob:
+                        head = await blob.read(10)
+                        with open(tmp_path / how, "wb") as out:
+                            out.write(head)
+                            assert await blob.copy_to(out) == layer.size - 10
+                    assert (tmp_path / how).read_bytes() == layer.blob, how
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("front", ["sync", "async"])
+def test_copy_to_detects_corruption(
+    config: ProxyConfig,
+    skopeo_release: SkopeoRelease,
+    layout_builder: LayoutBuilder,
+    tmp_path: Path,
+    front: str,
+    no_leaks: None,
+    no_thread_leaks: None,
+) -> None:
+    """A flipped byte in a 12 MiB blob is caught after the pipeline has hashed it."""
+    if skopeo_release.protocol < "0.2.8":
+        pytest.skip("needs GetRawBlob (protocol 0.2.8) for a stream that only we verify")
+    image = layout_builder.add_image("t", [random_layer(8, SIZE)], compression=None)
+    layer = image.layers[0]
+    corrupt_blob(layout_builder, layer.digest)
+    out_path = tmp_path / "out"
+    if front == "sync":
+        with ImageProxy(config) as proxy, proxy.open_image(layout_builder.ref("t")) as img:
+            with pytest.raises(BlobVerificationError, match="digest"):
+                with proxy.get_raw_blob(img, layer.digest, layer.size, verify=True) as blob:
+                    with open(out_path, "wb") as out:
+                        blob.copy_to(out)
+            assert proxy.fetch_manifest(img)[0]  # the proxy still serves
+        return
+
+    async def main() -> None:
+        async with AsyncImageProxy(config) as proxy:
+            async with await proxy.open_image(layout_builder.ref("t")) as img:
+                with pytest.raises(BlobVerificationError, match="digest"):
+                    blob = await proxy.get_raw_blob(img, layer.digest, layer.size, verify=True)
+                    async with blob:
+                        with open(out_path, "wb") as out:
+                            await blob.copy_to(out)
+                assert (await proxy.fetch_manifest(img))[0]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("front", ["sync", "async"])
+def test_copy_to_write_error(
+    skopeo_release: SkopeoRelease,
+    big: tuple[LayoutBuilder, ImageInfo],
+    front: str,
+    no_leaks: None,
+    no_thread_leaks: None,
+) -> None:
+    """A destination that fails (a full disk) raises its OSError from copy_to; the stream
+    is abandoned cleanly and the proxy goes on serving."""
+    builder, image = big
+    layer = image.layers[0]
+    config = make_config(skopeo_release, retries=1)
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        if front == "sync":
+            with ImageProxy(config) as proxy, proxy.open_image(builder.ref("big")) as img:
+                with pytest.raises(OSError) as caught:
+                    with proxy.get_blob(img, layer.digest, layer.size) as blob:
+                        blob.copy_to(full)
+                assert caught.value.errno == errno.ENOSPC
+                with proxy.get_blob(img, layer.digest, layer.size) as blob:
+                    assert len(blob.read()) == layer.size
+        else:
+
+            async def main() -> None:
+                async with AsyncImageProxy(config) as proxy:
+                    async with await proxy.open_image(builder.ref("big")) as img:
+                        with pytest.raises(OSError) as caught:
+                            async with await proxy.get_blob(img, layer.digest, layer.size) as b:
+                                await b.copy_to(full)
+                        assert caught.value.errno == errno.ENOSPC
+                        async with await proxy.get_blob(img, layer.digest, layer.size) as b:
+                            assert len(await b.read()) == layer.size
+
+            asyncio.run(main())
+    finally:
+        os.close(full)
+
+
+def test_async_cancelled_reads_lose_nothing(
+    skopeo_release: SkopeoRelease,
+    big: tuple[LayoutBuilder, ImageInfo],
+    monkeypatch: pytest.MonkeyPatch,
+    no_leaks: None,
+) -> None:
+    """Large chunks are hashed on a worker thread; a read cancelled while its chunk is
+    being hashed keeps the chunk for the next read (the bytes have left the pipe)."""
+    builder, image = big
+    layer = image.layers[0]
+    config = make_config(skopeo_release, retries=1)  # hashed here on every release
+    hashed_while_cancelled = []
+    real_hash_off_loop: Callable[..., Any] = _async_reader._hash_off_loop
+
+    async def slow_hash(stream: Any, data: memoryview) -> None:
+        # make the hashing step slow enough for the timeout below to land inside it
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            await real_hash_off_loop(stream, data)
+            hashed_while_cancelled.append(len(data))
+            raise
+        await real_hash_off_loop(stream, data)
+
+    monkeypatch.setattr(_async_reader, "_hash_off_loop", slow_hash)
+
+    async def main() -> bytes:
+        parts = []
+        async with AsyncImageProxy(config) as proxy:
+            async with await proxy.open_image(builder.ref("big")) as img:
+                async with await proxy.get_blob(img, layer.digest, layer.size) as blob:
+                    buf = bytearray(1024 * 1024)
+                    assert await blob.readinto(bytearray(0)) == 0  # not the end
+                    for i in range(10_000):
+                        try:
+                            # every other read is cut short while its chunk is hashed
+                            timeout = 0.01 if i % 2 else 5.0
+                            got = await asyncio.wait_for(blob.readinto(buf), timeout)
+                        except asyncio.TimeoutError:
+                            continue
+                        if not got:
+                            break
+                        parts.append(bytes(buf[:got]))
+        return b"".join(parts)
+
+    assert asyncio.run(main()) == layer.blob
+    assert hashed_while_cancelled, "no read was cancelled while hashing"
