@@ -1,10 +1,15 @@
 """``python -m bench``: build the inputs, run every measure, print the table.
 
 Options: ``--smoke`` (tiny sizes, one repetition: proves the suite runs), ``--repeats N``,
-``--only fetch,tags,relay,layers``, ``--workdir DIR`` (inputs are cached there; outputs are
-written there too), ``--client-src DIR`` (measure the client in DIR/containers_image_proxy
-instead of the installed one, e.g. a patched copy), ``--markdown FILE`` (also write the
-table there). ``CIP_SKOPEO_RELEASES=1.22`` restricts the skopeo releases, as for the tests.
+``--only fetch,tags,relay,layers,unpack``, ``--workdir DIR`` (inputs are cached there;
+outputs are written there too), ``--client-src DIR`` (measure the client in
+DIR/containers_image_proxy instead of the installed one, e.g. a patched copy),
+``--markdown FILE`` (also write the table there). ``CIP_SKOPEO_RELEASES=1.22`` restricts
+the skopeo releases, as for the tests.
+
+``unpack`` (the client's layer unpack against ``umoci unpack``, see bench/bench_unpack.py)
+needs root and umoci; without them its row says what is missing. Its images are cached in
+``DIR/unpack``.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from bench.inputs import REPO_ROOT, RegistryWithTags, big_layers_image, disk_fre
 from bench.measure import child_env, load_average, machine_lines
 from bench.relay import DelayRelay
 from bench.rows import Bench, Row, Settings
+from bench.unpack_rows import disk_needed, unpack_rows
 from testbed.releases import available_releases
 
-MEASURES = ("fetch", "tags", "relay", "layers")
+MEASURES = ("fetch", "tags", "relay", "layers", "unpack")
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -84,7 +90,13 @@ def main(argv: List[str]) -> int:
         out_dir=out_dir,
         env=child_env(args.client_src),
     )
-    needed = 2 * settings.big_size + settings.layer_count * settings.layer_size + (1 << 30)
+    needed = 1 << 30
+    if "fetch" in only:
+        needed += 2 * settings.big_size
+    if "layers" in only:
+        needed += settings.layer_count * settings.layer_size
+    if "unpack" in only:
+        needed += disk_needed(smoke)
     if disk_free(workdir) < needed:
         print(f"not enough space in {workdir}: {needed >> 20} MiB needed", file=sys.stderr)
         return 2
@@ -99,16 +111,19 @@ def main(argv: List[str]) -> int:
     bench = Bench(settings)
 
     print("building inputs ...", flush=True)
-    big = big_layers_image(workdir, 1, settings.big_size, seed=1000)
-    layers = big_layers_image(workdir, settings.layer_count, settings.layer_size, seed=2000)
+    # only those of the measures asked for (the unpack measure builds its own)
+    big = big_layers_image(workdir, 1, settings.big_size, seed=1000) if "fetch" in only else None
+    layers = None
+    if "layers" in only:
+        layers = big_layers_image(workdir, settings.layer_count, settings.layer_size, seed=2000)
     # first reads from disk would make the first contender look slow: read everything once
     for image in (big, layers):
-        for layer in image.layers:
+        for layer in image.layers if image is not None else ():
             with open(layer.path, "rb", buffering=0) as f:
                 while f.read(1 << 20):
                     pass
 
-    if "fetch" in only:
+    if big is not None:
         print(f"fetch: one {big.layers[0].size >> 20} MiB layer", flush=True)
         for release in releases:
             bench.fetch_rows(release, big)
@@ -131,11 +146,15 @@ def main(argv: List[str]) -> int:
                         bench.relay_rows(release, registry.refs(relay.port))
         finally:
             registry.stop()
-    if "layers" in only:
+    if layers is not None:
         print(f"layers: {settings.layer_count} x {settings.layer_size >> 20} MiB", flush=True)
         for release in releases:
             bench.layers_rows(release, layers)
-    bench.unpack_row()
+    if "unpack" in only:
+        # one release, the newest, as bench/bench_unpack.py does: what is measured is the
+        # client's unpack, not how skopeo serves the blobs
+        print(f"unpack: against umoci, with skopeo {releases[-1].name}", flush=True)
+        unpack_rows(bench, releases[-1], workdir / "unpack")
 
     machine.append(f"load average at the end: {load_average():.2f}")
     machine.append(

@@ -23,6 +23,9 @@ Python process (VmHWM, and how much it grew during the unpack), its skopeo, umoc
 big-file images come in two sizes (128 and 512 MiB) to show the client's memory does not
 follow the layer size; the many-files one (20000 files of 4 KiB) shows the cost per entry.
 Nothing here asserts anything.
+
+``python -m bench`` runs the same comparison as its ``unpack`` measure
+(:mod:`bench.unpack_rows`), with the pieces below; this script prints the fuller table.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ from testbed.releases import SkopeoRelease, available_releases  # noqa: E402
 
 MiB = 1 << 20
 MEDIA_TYPE_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+# The synthetic images: the largest layer in MiB (a quarter of it too), and how many 4 KiB
+# files in the many-files one; in a full run, and in a smoke run.
+FULL_SIZES = (512, 20000)
+SMOKE_SIZES = (16, 2000)
 
 
 def log(msg: str) -> None:
@@ -178,6 +185,15 @@ class _Content:
         return Reader()
 
 
+def synthetic_inputs(workdir: Path, big: int, many: int) -> list[Image]:
+    """The synthetic images: layers of ``big`` and ``big // 4`` MiB (none when 0), one of
+    ``many`` files of 4 KiB (none when 0). Built once, cached under ``workdir``."""
+    images = [big_input(workdir, mib) for mib in sorted({max(big // 4, 1), big} if big > 0 else ())]
+    if many > 0:
+        images.append(many_files_input(workdir, many))
+    return images
+
+
 def big_input(workdir: Path, mib: int) -> Image:
     """One layer of ``mib`` MiB: a quarter in 4 files, the rest in 1 MiB files."""
     sizes = [mib * MiB // 16] * 4 + [MiB] * (mib - mib // 4)
@@ -292,6 +308,24 @@ def run_measured(argv: Sequence[str], env: Optional[dict[str, str]] = None) -> S
     return Sample(wall, usage.ru_maxrss, extra)
 
 
+class UnpackFailed(RuntimeError):
+    """One unpacker failed; ``contender`` says which (the message carries its stderr)."""
+
+    def __init__(self, contender: str, error: BaseException) -> None:
+        super().__init__(f"{contender}: {error}")
+        self.contender = contender
+
+
+def missing_prerequisite() -> Optional[str]:
+    """What this machine lacks for the comparison (None: nothing). The Debian image has
+    prerequisites of its own (debootstrap, a mirror), found out when it is built."""
+    if os.geteuid() != 0:
+        return "needs root (both unpackers apply the image's ownership)"
+    if shutil.which("umoci") is None:
+        return "umoci is not installed (scripts/setup.sh installs it)"
+    return None
+
+
 @dataclass(frozen=True)
 class Contender:
     name: str
@@ -326,6 +360,8 @@ def child_env(client_src: Optional[str]) -> dict[str, str]:
 def measure(
     image: Image, conts: list[Contender], repeats: int, scratch: Path, env: dict[str, str]
 ) -> dict[str, list[Sample]]:
+    """Every contender ``repeats`` times, alternating, after one untimed round; raises
+    UnpackFailed when one of them fails."""
     results: dict[str, list[Sample]] = {c.name: [] for c in conts}
     for round_ in range(repeats + 1):  # round 0 warms the page cache and is not kept
         order = conts[round_ % len(conts) :] + conts[: round_ % len(conts)]
@@ -334,12 +370,24 @@ def measure(
             if c.name.startswith("umoci raw"):
                 dest.mkdir()
             os.sync()
-            sample = run_measured(c.argv(image, dest), env)
+            try:
+                sample = run_measured(c.argv(image, dest), env)
+            except RuntimeError as e:
+                raise UnpackFailed(c.name, e) from e
             shutil.rmtree(dest)
             os.sync()
             if round_:
                 results[c.name].append(sample)
     return results
+
+
+def measure_in(
+    workdir: Path, image: Image, conts: list[Contender], repeats: int, env: dict[str, str]
+) -> dict[str, list[Sample]]:
+    """:func:`measure`, with destinations in a scratch directory of ``workdir`` (the same
+    filesystem as the image), removed afterwards."""
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="dest-") as scratch:
+        return measure(image, conts, repeats, Path(scratch), env)
 
 
 def _status_kib(key: str) -> int:
@@ -426,21 +474,43 @@ def _mib(kib: float) -> str:
     return f"{kib / 1024:.0f} MiB"
 
 
-def report(image: Image, results: dict[str, list[Sample]]) -> list[str]:
+@dataclass(frozen=True)
+class Summary:
+    """Medians of the wall times (seconds) and peaks of the RSS (KiB) of one image's runs."""
+
+    umoci: float  # umoci unpack
+    raw: float  # umoci raw unpack
+    client: float  # the client's whole process
+    in_unpack: float  # the client's open + unpack, inside its process
+    client_hwm_kib: int
+    client_growth_kib: int  # how much the client's RSS grew during the unpack
+    skopeo_rss_kib: int
+    umoci_rss_kib: int
+
+
+def summarize(results: dict[str, list[Sample]]) -> Summary:
     med = {name: statistics.median(s.wall for s in samples) for name, samples in results.items()}
     client = results["client"]
-    inproc = statistics.median(s.extra["seconds"] for s in client)
-    hwm = max(s.extra["hwm_kib"] for s in client)
-    grew = max(s.extra["hwm_kib"] - s.extra["rss_before_kib"] for s in client)
-    skopeo_rss = max(s.extra["skopeo_maxrss_kib"] for s in client)
-    umoci_rss = max(s.maxrss_kib for s in results["umoci unpack"])
-    ratio = med["client"] / med["umoci unpack"]
+    return Summary(
+        umoci=med["umoci unpack"],
+        raw=med["umoci raw unpack"],
+        client=med["client"],
+        in_unpack=statistics.median(s.extra["seconds"] for s in client),
+        client_hwm_kib=max(s.extra["hwm_kib"] for s in client),
+        client_growth_kib=max(s.extra["hwm_kib"] - s.extra["rss_before_kib"] for s in client),
+        skopeo_rss_kib=max(s.extra["skopeo_maxrss_kib"] for s in client),
+        umoci_rss_kib=max(s.maxrss_kib for s in results["umoci unpack"]),
+    )
+
+
+def report(image: Image, results: dict[str, list[Sample]]) -> list[str]:
+    s = summarize(results)
     return [
         f"| {image.label} | {image.tar_bytes / MiB:.0f} MiB ({image.blob_bytes / MiB:.0f} gz) "
-        f"| {med['umoci unpack']:.2f} s | {med['umoci raw unpack']:.2f} s "
-        f"| {med['client']:.2f} s ({inproc:.2f} in unpack) "
-        f"| **{ratio:.2f}** | {med['client'] / med['umoci raw unpack']:.2f} "
-        f"| {_mib(hwm)} (+{_mib(grew)}) | {_mib(skopeo_rss)} | {_mib(umoci_rss)} |"
+        f"| {s.umoci:.2f} s | {s.raw:.2f} s | {s.client:.2f} s ({s.in_unpack:.2f} in unpack) "
+        f"| **{s.client / s.umoci:.2f}** | {s.client / s.raw:.2f} "
+        f"| {_mib(s.client_hwm_kib)} (+{_mib(s.client_growth_kib)}) | {_mib(s.skopeo_rss_kib)} "
+        f"| {_mib(s.umoci_rss_kib)} |"
     ]
 
 
@@ -487,12 +557,14 @@ def main(argv: list[str]) -> int:
         ref, dest = args.child
         child(ref, dest, json.loads(args.skopeo_argv), args.child_profile)
         return 0
-    if os.geteuid() != 0:
-        log("needs root: both unpackers apply the image's ownership")
+    missing = missing_prerequisite()
+    if missing:
+        log(missing)
         return 2
     repeats = args.repeats or (1 if args.smoke else 5)
-    big = args.big_mib if args.big_mib is not None else (16 if args.smoke else 512)
-    many = args.many_files if args.many_files is not None else (2000 if args.smoke else 20000)
+    big, many = SMOKE_SIZES if args.smoke else FULL_SIZES
+    big = args.big_mib if args.big_mib is not None else big
+    many = args.many_files if args.many_files is not None else many
     releases = available_releases()
     chosen = [r for r in releases if args.skopeo in (None, r.name)]
     chosen = chosen or [r for r in releases if r.name.startswith(f"{args.skopeo}.")]
@@ -510,10 +582,7 @@ def main(argv: list[str]) -> int:
         how = "cached" if not built else ", ".join(f"{k} {v:.1f}s" for k, v in built.items())
         log(f"Debian image ready in {time.monotonic() - t0:.1f}s ({how})")
         images.append(debian)
-    for mib in sorted({max(big // 4, 1), big} if big > 0 else ()):
-        images.append(big_input(args.workdir, mib))
-    if many > 0:
-        images.append(many_files_input(args.workdir, many))
+    images += synthetic_inputs(args.workdir, big, many)
 
     conts = contenders(skopeo)
     lines = [
@@ -526,9 +595,7 @@ def main(argv: list[str]) -> int:
     ]
     for image in images:
         log(f"measuring {image.label}")
-        with tempfile.TemporaryDirectory(dir=args.workdir, prefix="dest-") as scratch:
-            results = measure(image, conts, repeats, Path(scratch), env)
-        lines += report(image, results)
+        lines += report(image, measure_in(args.workdir, image, conts, repeats, env))
     print("\n".join(lines))
 
     if args.profile:

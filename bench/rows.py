@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from bench.inputs import ImageInput
 from bench.measure import median, process_cpu, run_timed, run_workload
+from bench.workload import PIPE
 
 
 @dataclass
@@ -153,6 +154,9 @@ class Bench:
         if raw:
             runs["raw"] = self._workload(self._fetch_spec(release, image, "raw"))
             runs["zero"] = self._workload(self._fetch_spec(release, image, "raw-zerocopy"))
+            runs["zero-pipe"] = self._workload(
+                {**self._fetch_spec(release, image, "raw-zerocopy"), "out": PIPE}
+            )
         try:
             res = self.interleave(runs)
         finally:
@@ -211,8 +215,23 @@ class Bench:
                 "—",
             )
         )
+        self.add(
+            Row(
+                "the same fetch, against writing the file alone",
+                label,
+                f"fetch {fetch:.2f} s",
+                f"cat layer > new file {write:.2f} s",
+                f"{write / fetch:.2f}x of its rate",
+                "(diagnostic)",
+                "—",
+            )
+        )
         if raw:
-            for key, what in (("raw", "readinto + write"), ("zero", "os.splice")):
+            for key, what in (
+                ("raw", "a file, readinto + write"),
+                ("zero", "a file, os.splice"),
+                ("zero-pipe", "a pipe, os.splice"),
+            ):
                 cli = median([r["client_cpu"] for r in res[key]])
                 user = median([r["client_user_cpu"] for r in res[key]])
                 sko = median([r["skopeo_cpu"] for r in res[key]])
@@ -220,14 +239,14 @@ class Bench:
                 via = res[key][0]["path"]
                 self.detail(
                     f"{label}: unverified fetch via {via}: {wall:.2f} s, client CPU "
-                    f"{cli:.2f} s (user {user:.2f} s, the rest is the kernel writing the file),"
+                    f"{cli:.2f} s (user {user:.2f} s, the rest is the kernel's),"
                     f" skopeo CPU {sko:.2f} s"
                 )
                 if sko <= 0:
                     sko = float("nan")
                 self.add(
                     Row(
-                        f"unverified fetch to a file ({what})",
+                        f"unverified fetch to {what}",
                         label,
                         f"client CPU {cli:.2f} s (user {user:.2f} s)",
                         f"skopeo CPU {sko:.2f} s",
@@ -407,16 +426,3 @@ class Bench:
                     self.judge(seq / conc > 1.0),
                 )
             )
-
-    def unpack_row(self) -> None:
-        self.add(
-            Row(
-                "unpack of the Debian test image",
-                "—",
-                "not yet in make bench (bench/bench_unpack.py runs on its own)",
-                "umoci unpack",
-                "—",
-                ">= 1x",
-                "not yet",
-            )
-        )

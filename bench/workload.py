@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import hashlib
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -30,6 +32,7 @@ from bench.measure import process_cpu
 from bench.rawclient import BareProxy
 
 BUF = 1 << 20
+PIPE = "|pipe"  # the "out" of a fetch into a pipe rather than a file
 
 
 def self_cpu() -> float:
@@ -127,7 +130,16 @@ def run_fetch(spec: Dict[str, Any]) -> Dict[str, Any]:
         rss_before = peak_rss_kib()
         pid = skopeo_pid(proxy)
         u0, c0, s0, t1 = self_user_cpu(), self_cpu(), process_cpu(pid), time.perf_counter()
-        fd = os.open(spec["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        reader = None
+        if spec["out"] == PIPE:
+            # a pipe read by another process (cat into /dev/null), as when the blob feeds
+            # `tar -x` or a socket: the one destination os.splice can fill by reference
+            rfd, fd = os.pipe()
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), BUF)
+            reader = subprocess.Popen(["cat"], stdin=rfd, stdout=subprocess.DEVNULL)
+            os.close(rfd)
+        else:
+            fd = os.open(spec["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             if spec["mode"] == "verified":
                 with proxy.get_blob(img, layer.digest, layer.size) as blob:
@@ -139,10 +151,13 @@ def run_fetch(spec: Dict[str, Any]) -> Dict[str, Any]:
                     path = copy(blob, fd)
         finally:
             os.close(fd)
+            if reader is not None:
+                reader.wait()
         t2, c1, s1 = time.perf_counter(), self_cpu(), process_cpu(pid)
         u1 = self_user_cpu()
     t3 = time.perf_counter()
-    size = os.stat(spec["out"]).st_size if spec["out"] != os.devnull else layer.size
+    into_file = spec["out"] not in (os.devnull, PIPE)
+    size = os.stat(spec["out"]).st_size if into_file else blob.bytes_read
     if size != layer.size:
         raise AssertionError(f"wrote {size} bytes, expected {layer.size}")
     return {
