@@ -24,8 +24,8 @@ from containers_image_proxy import (
     BlobVerificationError,
     ImageProxy,
     ProxyConfig,
+    _async_reader,
 )
-from containers_image_proxy import _async_reader
 from testbed.images import ImageInfo, LayoutBuilder, corrupt_blob, random_layer
 from testbed.releases import SkopeoRelease
 

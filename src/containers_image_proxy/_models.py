@@ -18,8 +18,9 @@ canonical form (empty optional members left out).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union, cast
+from typing import Any, Callable, ClassVar, Optional, TypeVar, Union, cast
 
 from ._digest import Digest as Digest  # re-exported for the modules that import it from here
 from ._digest import _kind, _type_error
@@ -106,8 +107,19 @@ def _str_map(value: Any, path: str) -> dict[str, str]:
     return obj
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _dump(value: Any) -> Any:
     """Turns a value into fresh JSON data, so that no two objects share a dict or list."""
+    # exact types first: what json.loads makes, checked without the ABC machinery
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict:
+        return {key: _dump(item) for key, item in value.items()}
+    if kind is list:
+        return [_dump(item) for item in value]
     if isinstance(value, _Model):
         return value.to_json()
     if isinstance(value, Digest):
@@ -166,12 +178,17 @@ class _Model:
     """The JSON mapping shared by the model classes, driven by each class's ``_FIELDS``."""
 
     _FIELDS: ClassVar[tuple[_Field, ...]] = ()
+    _KEYS: ClassVar[frozenset[str]] = frozenset()  # the members of _FIELDS, made once
     extra: Mapping[str, Any]
     # Set by from_json only, so that replace() and hand-built objects emit canonical JSON.
     _shape: Optional[_Shape] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._KEYS = frozenset(f.key for f in cls._FIELDS)
+
     def __post_init__(self) -> None:
-        clash = sorted(f.key for f in self._FIELDS if f.key in self.extra)
+        clash = sorted(self._KEYS.intersection(self.extra)) if self.extra else ()
         if clash:
             raise ConfigurationError(
                 f"{type(self).__name__}.extra must not hold modelled members: {', '.join(clash)}"
@@ -208,7 +225,7 @@ class _Model:
                 values[f.attr] = f.empty()
                 if f.key in obj:
                     nulls.add(f.key)
-        known = {f.key for f in cls._FIELDS}
+        known = cls._KEYS
         extra = _object({k: v for k, v in obj.items() if k not in known}, path)
         instance = cast(Any, cls)(extra=extra, **values)
         object.__setattr__(instance, "_shape", _Shape(tuple(obj), frozenset(nulls)))

@@ -109,6 +109,8 @@ def require_feature(version: Version, feature: Feature, what: str = "") -> None:
 # --- requests -------------------------------------------------------------------------
 
 Arg = Union[str, int]
+# one encoder: json.dumps with any option builds a new JSONEncoder on every call
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode_request(method: str, args: Sequence[Arg]) -> bytes:
@@ -119,7 +121,7 @@ def encode_request(method: str, args: Sequence[Arg]) -> bytes:
             raise ConfigurationError(f"{method}: unsupported argument type {type(arg).__name__}")
         if isinstance(arg, int) and not 0 <= arg <= MAX_JSON_INT:
             raise ConfigurationError(f"{method}: integer argument out of range: {arg}")
-    data = json.dumps({"method": method, "args": list(args)}, separators=(",", ":")).encode()
+    data = _ENCODER.encode({"method": method, "args": list(args)}).encode()
     if len(data) > MAX_REQUEST_SIZE:
         raise ConfigurationError(
             f"{method}: request of {len(data)} bytes exceeds the proxy's {MAX_REQUEST_SIZE}"

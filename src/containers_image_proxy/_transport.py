@@ -20,7 +20,10 @@ from ._protocol import close_fds as close_fds  # one implementation, shared
 # instead of being silently cut off by the kernel.
 _MAX_FDS = 16
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
-_RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+# plain ints: combining the socket module's IntFlag members costs microseconds per reply
+_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
+_SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 
 READ_CHUNK = 1024 * 1024
 
@@ -35,12 +38,12 @@ def receive_reply(sock: socket.socket, buf: bytearray) -> Tuple[bytes, List[int]
     nbytes, ancdata, flags, _ = sock.recvmsg_into([buf], _ANCILLARY_SIZE, _RECV_FLAGS)
     fds: List[int] = []
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             arr = array.array("i")
             usable = len(data) - len(data) % arr.itemsize
             arr.frombytes(data[:usable])
             fds.extend(arr)
-    truncated = bool(flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC))
+    truncated = bool(flags & _TRUNCATED)
     return bytes(buf[:nbytes]), fds, truncated
 
 
