@@ -184,7 +184,12 @@ class AsyncBlobReader(streaming.StreamInfo):
         return self._stream.received - start
 
     async def _copy_pipelined(self, out: int, buffers: int) -> None:
-        """Read on the loop while helper threads hash and write (see _pipeline)."""
+        """Read on the loop while helper threads hash and write (see _pipeline).
+
+        No read coalescing here, unlike the sync reader (streaming.Coalescer): the loop's
+        timers wait in whole milliseconds (epoll), long enough for a 1 MiB pipe to fill
+        and stall skopeo.
+        """
         loop = asyncio.get_running_loop()
         returned: asyncio.Queue[bytearray] = asyncio.Queue()
 

@@ -20,10 +20,12 @@ from typing import Callable, List, Optional, Tuple
 
 from ._transport import write_all
 
-BUFFER_SIZE = 1024 * 1024  # one full pipe (the data pipes are grown to 1 MiB)
+# Half a pipe: measured against 1 MiB buffers, a verified GiB into a new file took 0.83 s
+# instead of 1.2 s here (the buffers in flight stay in the caches); 256 KiB did as well.
+BUFFER_SIZE = 512 * 1024
 BUFFER_COUNT = 8
 # Below this a stream is copied on the caller's thread: starting two threads and touching
-# 8 MiB of buffers would cost more than it saves.
+# 4 MiB of buffers would cost more than it saves.
 MIN_PIPELINED_SIZE = 4 * BUFFER_SIZE
 
 _Item = Optional[Tuple[bytearray, int]]
