@@ -24,7 +24,7 @@ for version in 3.9 3.13; do
     CIP_SKOPEO_RELEASES=system,sid ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider \
         tests/test_protocol.py tests/test_operations.py tests/test_models.py \
         tests/test_reference.py tests/test_client.py tests/test_async_client.py \
-        tests/test_copy_to.py
+        tests/test_copy_to.py tests/test_pipeline.py
 done
 # Benchmarks are never timed tests: the smoke size only proves they still run.
 echo "== benchmarks (smoke size, nothing judged)"
