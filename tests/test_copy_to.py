@@ -13,6 +13,7 @@ import asyncio
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
@@ -26,6 +27,7 @@ from containers_image_proxy import (
     ProxyConfig,
     _async_reader,
 )
+from containers_image_proxy._blobstream import BlobStream
 from testbed.images import ImageInfo, LayoutBuilder, corrupt_blob, random_layer
 from testbed.releases import SkopeoRelease
 
@@ -60,55 +62,50 @@ def open_stream(proxy: ImageProxy, img: Any, how: str, digest: str, size: int) -
     return proxy.get_blob(img, digest, size)
 
 
+def copy_sync(config: ProxyConfig, ref: str, how: str, layer: Any, path: Path) -> None:
+    with ImageProxy(config) as proxy, proxy.open_image(ref) as img:
+        with open_stream(proxy, img, how, layer.digest, layer.size) as blob:
+            assert blob._stream.hashing, how
+            head = blob.read(10)
+            with open(path, "wb") as out:
+                out.write(head)  # buffered: copy_to flushes it first
+                assert blob.copy_to(out) == layer.size - 10
+            assert blob.bytes_read == layer.size
+
+
+async def copy_async(config: ProxyConfig, ref: str, how: str, layer: Any, path: Path) -> None:
+    async with AsyncImageProxy(config) as proxy, await proxy.open_image(ref) as img:
+        if how == "get_raw_blob":
+            blob = await proxy.get_raw_blob(img, layer.digest, layer.size, verify=True)
+        else:
+            blob = await proxy.get_blob(img, layer.digest, layer.size)
+        async with blob:
+            head = await blob.read(10)
+            with open(path, "wb") as out:
+                out.write(head)
+                assert await blob.copy_to(out) == layer.size - 10
+            assert blob.bytes_read == layer.size
+
+
+@pytest.mark.parametrize("front", ["sync", "async"])
 def test_copy_to_hashed_streams(
     skopeo_release: SkopeoRelease,
     big: tuple[LayoutBuilder, ImageInfo],
     tmp_path: Path,
+    front: str,
     no_leaks: None,
     no_thread_leaks: None,
 ) -> None:
     builder, image = big
     layer = image.layers[0]
     config = make_config(skopeo_release, retries=1)
-    with ImageProxy(config) as proxy, proxy.open_image(builder.ref("big")) as img:
-        for how in hashed_streams(skopeo_release):
-            with open_stream(proxy, img, how, layer.digest, layer.size) as blob:
-                assert blob._stream.hashing, how
-                head = blob.read(10)
-                with open(tmp_path / how, "wb") as out:
-                    out.write(head)  # buffered: copy_to flushes it first
-                    assert blob.copy_to(out) == layer.size - 10
-                assert blob.bytes_read == layer.size
-            assert (tmp_path / how).read_bytes() == layer.blob, how
-
-
-def test_async_copy_to_hashed_streams(
-    skopeo_release: SkopeoRelease,
-    big: tuple[LayoutBuilder, ImageInfo],
-    tmp_path: Path,
-    no_leaks: None,
-    no_thread_leaks: None,
-) -> None:
-    builder, image = big
-    layer = image.layers[0]
-    config = make_config(skopeo_release, retries=1)
-
-    async def main() -> None:
-        async with AsyncImageProxy(config) as proxy:
-            async with await proxy.open_image(builder.ref("big")) as img:
-                for how in hashed_streams(skopeo_release):
-                    if how == "get_raw_blob":
-                        blob = await proxy.get_raw_blob(img, layer.digest, layer.size, verify=True)
-                    else:
-                        blob = await proxy.get_blob(img, layer.digest, layer.size)
-                    async with blob:
-                        head = await blob.read(10)
-                        with open(tmp_path / how, "wb") as out:
-                            out.write(head)
-                            assert await blob.copy_to(out) == layer.size - 10
-                    assert (tmp_path / how).read_bytes() == layer.blob, how
-
-    asyncio.run(main())
+    for how in hashed_streams(skopeo_release):
+        path = tmp_path / how
+        if front == "sync":
+            copy_sync(config, builder.ref("big"), how, layer, path)
+        else:
+            asyncio.run(copy_async(config, builder.ref("big"), how, layer, path))
+        assert path.read_bytes() == layer.blob, how
 
 
 @pytest.mark.parametrize("front", ["sync", "async"])
@@ -237,3 +234,31 @@ def test_async_cancelled_reads_lose_nothing(
 
     assert asyncio.run(main()) == layer.blob
     assert hashed_while_cancelled, "no read was cancelled while hashing"
+
+
+@pytest.mark.parametrize("front", ["sync", "async"])
+def test_copy_to_judges_the_end_after_every_byte_is_hashed(
+    skopeo_release: SkopeoRelease,
+    big: tuple[LayoutBuilder, ImageInfo],
+    tmp_path: Path,
+    front: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a slow hash the reader reaches the end of the pipe long before the hasher:
+    the digest must still be checked over every byte (it would mismatch otherwise)."""
+    builder, image = big
+    layer = image.layers[0]
+    real_hash = BlobStream.hash
+
+    def slow_hash(self: BlobStream, data: Any) -> None:
+        time.sleep(0.02)
+        real_hash(self, data)
+
+    monkeypatch.setattr(BlobStream, "hash", slow_hash)
+    config = make_config(skopeo_release, retries=1)
+    path = tmp_path / "layer"
+    if front == "sync":
+        copy_sync(config, builder.ref("big"), "get_blob+retries", layer, path)
+    else:
+        asyncio.run(copy_async(config, builder.ref("big"), "get_blob+retries", layer, path))
+    assert path.read_bytes() == layer.blob

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -77,25 +78,34 @@ def test_cut_without_retries_is_a_typed_error_not_a_hang(
     assert relay.stats.cuts == 1
 
 
+@pytest.mark.parametrize("how", ["read", "copy_to"])
 def test_retries_resume_transparently(
-    skopeo_release: SkopeoRelease, big_image: Any, relay: Relay
+    skopeo_release: SkopeoRelease, big_image: Any, relay: Relay, tmp_path: Path, how: str
 ) -> None:
+    """Through read() and through copy_to (whose helper threads hash and write: every byte
+    must be hashed before the restarted stream's prefix is checked against it)."""
     config = make_config(skopeo_release, tls_verify=False, retries=2)
     with ImageProxy(config) as proxy:
         with proxy.open_image(f"docker://{relay.host}/retry/big:1") as img:
             (layer,) = proxy.get_layer_info(img)
             digest = hashlib.sha256()
             with proxy.get_blob(img, layer.digest, layer.size) as blob:
-                while chunk := blob.read(256 * 1024):
-                    digest.update(chunk)
+                if how == "read":
+                    while chunk := blob.read(256 * 1024):
+                        digest.update(chunk)
+                else:
+                    with open(tmp_path / "layer", "wb") as out:
+                        assert blob.copy_to(out) == layer.size
+                    digest.update((tmp_path / "layer").read_bytes())
             assert f"sha256:{digest.hexdigest()}" == layer.digest
             assert blob.bytes_read == layer.size
     assert relay.stats.cuts == 1
     assert len(relay.stats.blob_requests) >= 2
 
 
+@pytest.mark.parametrize("how", ["read", "copy_to"])
 def test_async_retries_resume_transparently(
-    skopeo_release: SkopeoRelease, big_image: Any, relay: Relay
+    skopeo_release: SkopeoRelease, big_image: Any, relay: Relay, tmp_path: Path, how: str
 ) -> None:
     config = make_config(skopeo_release, tls_verify=False, retries=1)
 
@@ -104,7 +114,12 @@ def test_async_retries_resume_transparently(
             async with await proxy.open_image(f"docker://{relay.host}/retry/big:1") as img:
                 (layer,) = await proxy.get_layer_info(img)
                 async with await proxy.get_blob(img, layer.digest, layer.size) as blob:
-                    data = await blob.read()
+                    if how == "read":
+                        data = await blob.read()
+                    else:
+                        with open(tmp_path / "layer", "wb") as out:
+                            assert await blob.copy_to(out) == layer.size
+                        data = (tmp_path / "layer").read_bytes()
                 assert hashlib.sha256(data).hexdigest() == layer.digest.hex
 
     asyncio.run(main())
