@@ -69,6 +69,11 @@ class AsyncBlobReader(streaming.StreamInfo):
         self._leftover = b""  # bytes of a cancelled read, returned by the next one
 
     @property
+    def bytes_read(self) -> int:
+        """How many bytes were handed out so far (a cancelled read's are not, yet)."""
+        return self._stream.received - len(self._leftover)
+
+    @property
     def closed(self) -> bool:
         """Whether the reader is closed."""
         return self._closed
@@ -126,12 +131,6 @@ class AsyncBlobReader(streaming.StreamInfo):
                 await self._end()
         return self._verified_end()
 
-    def _verified_end(self) -> int:
-        if self._failure is not None:
-            raise self._failure
-        self._stream.check()
-        return 0
-
     async def _read_once(self, chunk: memoryview) -> int:
         fd = self._ends.data_fd
         if fd != self._nonblocking_fd:  # a new pipe after a resumed transfer
@@ -155,7 +154,7 @@ class AsyncBlobReader(streaming.StreamInfo):
             dest.flush()
         if self._closed:
             raise ValueError("read from a closed AsyncBlobReader")
-        start = self._stream.received - len(self._leftover)
+        start = self.bytes_read
         if self._leftover:
             write_all(out, memoryview(self._leftover))
             self._leftover = b""

@@ -180,9 +180,17 @@ class StreamEnds:
 
 
 class StreamInfo:
-    """What both blob readers tell about their stream."""
+    """What both blob readers tell about their stream, and how both judge its end."""
 
     _stream: BlobStream
+    _failure: Optional[BaseException]  # what ended the stream, raised again on every read
+
+    def _verified_end(self) -> int:
+        """The data part is over and handled: raise its failure, or verify; 0 (EOF)."""
+        if self._failure is not None:
+            raise self._failure
+        self._stream.check()
+        return 0
 
     @property
     def digest(self) -> Digest:

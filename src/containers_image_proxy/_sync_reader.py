@@ -94,12 +94,6 @@ class BlobReader(streaming.StreamInfo, io.BufferedIOBase):
                 self._end()  # size reached, EOF, or too much data
         return self._verified_end()
 
-    def _verified_end(self) -> int:
-        if self._failure is not None:
-            raise self._failure
-        self._stream.check()
-        return 0
-
     def readinto(self, b: Any) -> int:
         """Fill ``b`` unless the blob ends first (file semantics: pipes return short reads)."""
         with memoryview(b) as mv, mv.cast("B") as view:
