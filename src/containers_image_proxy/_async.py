@@ -28,6 +28,7 @@ from ._errors import (
     ProxyExitedError,
     ProxyStalledError,
     RequestError,
+    unless_already_failing,
 )
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
@@ -95,13 +96,8 @@ class AsyncImageProxy(ops.FrontEnd):
         return self
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
+        with unless_already_failing(exc_type):
             await self.close()
-        else:
-            try:
-                await self.close()
-            except ProxyError:
-                pass
 
     def __repr__(self) -> str:
         pid = self._process.pid if self._process else None

@@ -8,17 +8,17 @@ from typing import Awaitable, Callable, List, Optional, Sequence, Tuple, TypeVar
 from ._async import AsyncImageProxy
 from ._async_reader import AsyncBlobReader
 from ._config import ProxyConfig
-from ._errors import ProxyClosedError, ProxyError
+from ._errors import ProxyClosedError, ProxyError, unless_already_failing
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._pool import (
     DEFAULT_SIZE,
     _aclose_quietly,
     _Members,
+    _PoolFront,
     _raise_collected,
     _usable,
 )
-from ._protocol import Feature
 from ._reference import ImageReference
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ async def _gather_settled(aws: Sequence[Awaitable[T]]) -> Tuple[List[T], List[Ba
     return ok, failed
 
 
-class AsyncProxyPool:
+class AsyncProxyPool(_PoolFront[AsyncImageProxy]):
     """The asyncio twin of :class:`ProxyPool`: the methods of :class:`AsyncImageProxy`.
 
     Example::
@@ -86,13 +86,8 @@ class AsyncProxyPool:
         return self
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
+        with unless_already_failing(exc_type):
             await self.close()
-        else:
-            try:
-                await self.close()
-            except ProxyError:
-                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._members.closed else "open"
@@ -114,28 +109,9 @@ class AsyncProxyPool:
         _raise_collected(errors)
 
     @property
-    def size(self) -> int:
-        """How many proxies the pool runs."""
-        return self._members.balancer.size
-
-    @property
     def members(self) -> Tuple[AsyncImageProxy, ...]:
         """The member proxies now in service, in slot order."""
         return tuple(self._members.started())
-
-    @property
-    def config(self) -> ProxyConfig:
-        """The configuration every member is started with."""
-        return self._members.config
-
-    @property
-    def protocol_version(self) -> str:
-        """The protocol version of the members (all run the same skopeo)."""
-        return self._any_member().protocol_version
-
-    def supports(self, feature: Union[Feature, str]) -> bool:
-        """Whether the members' skopeo offers ``feature`` natively."""
-        return self._any_member().supports(feature)
 
     def loads(self) -> List[int]:
         """Opens in flight plus open images, per member in slot order (for monitoring)."""

@@ -7,7 +7,8 @@ stderr or replies, which skopeo itself keeps free of secrets, or from our own te
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import ContextManager, Optional
 
 
 class ProxyError(Exception):
@@ -121,6 +122,14 @@ class ProxyClosedError(ProxyError):
 
 class ProtocolError(ProxyError):
     """skopeo sent something the protocol does not allow; the connection is unusable."""
+
+
+def unless_already_failing(exc_type: object) -> ContextManager[object]:
+    """For ``__exit__``: while an error unwinds, a ProxyError from the shutdown is
+    dropped so that it does not mask the first one; otherwise it is raised."""
+    if exc_type is None:
+        return contextlib.nullcontext()
+    return contextlib.suppress(ProxyError)
 
 
 __all__ = [

@@ -30,7 +30,7 @@ from typing import (
 
 from ._async import AsyncImageProxy
 from ._config import ProxyConfig
-from ._errors import ConfigurationError, ProxyClosedError, ProxyError
+from ._errors import ConfigurationError, ProxyClosedError, ProxyError, unless_already_failing
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._protocol import Feature
@@ -159,6 +159,34 @@ class _Members(Generic[P]):
             raise ProxyClosedError("the pool is closed")
 
 
+class _PoolFront(Generic[P]):
+    """What both pools answer without I/O: the sizes, configuration and features."""
+
+    _members: _Members[P]
+
+    def _any_member(self) -> P:
+        raise NotImplementedError
+
+    @property
+    def size(self) -> int:
+        """How many proxies the pool runs."""
+        return self._members.balancer.size
+
+    @property
+    def config(self) -> ProxyConfig:
+        """The configuration every member is started with."""
+        return self._members.config
+
+    @property
+    def protocol_version(self) -> str:
+        """The protocol version of the members (all run the same skopeo)."""
+        return self._any_member().protocol_version
+
+    def supports(self, feature: Union[Feature, str]) -> bool:
+        """Whether the members' skopeo offers ``feature`` natively."""
+        return self._any_member().supports(feature)
+
+
 def _close_quietly(member: Optional[ImageProxy]) -> None:
     """Close a member taken out of service; its failure was or will be reported elsewhere."""
     if member is not None:
@@ -184,7 +212,7 @@ def _raise_collected(errors: Sequence[ProxyError]) -> None:
         raise PoolShutdownError(errors)
 
 
-class ProxyPool:
+class ProxyPool(_PoolFront[ImageProxy]):
     """Several skopeo proxies behind the methods of one :class:`ImageProxy`; thread-safe.
 
     ``open_image`` goes to the least busy member; every other call on an image goes to
@@ -235,13 +263,8 @@ class ProxyPool:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
+        with unless_already_failing(exc_type):
             self.close()
-        else:
-            try:
-                self.close()
-            except ProxyError:
-                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._members.closed else "open"
@@ -274,29 +297,10 @@ class ProxyPool:
         _raise_collected([e for e in outcomes if e is not None])
 
     @property
-    def size(self) -> int:
-        """How many proxies the pool runs."""
-        return self._members.balancer.size
-
-    @property
     def members(self) -> Tuple[ImageProxy, ...]:
         """The member proxies now in service, in slot order."""
         with self._lock:
             return tuple(self._members.started())
-
-    @property
-    def config(self) -> ProxyConfig:
-        """The configuration every member is started with."""
-        return self._members.config
-
-    @property
-    def protocol_version(self) -> str:
-        """The protocol version of the members (all run the same skopeo)."""
-        return self._any_member().protocol_version
-
-    def supports(self, feature: Union[Feature, str]) -> bool:
-        """Whether the members' skopeo offers ``feature`` natively."""
-        return self._any_member().supports(feature)
 
     def loads(self) -> List[int]:
         """Opens in flight plus open images, per member in slot order (for monitoring)."""

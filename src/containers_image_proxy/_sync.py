@@ -26,6 +26,7 @@ from ._errors import (
     ProxyExitedError,
     ProxyStalledError,
     RequestError,
+    unless_already_failing,
 )
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
@@ -73,14 +74,8 @@ class ImageProxy(ops.FrontEnd):
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
+        with unless_already_failing(exc_type):
             self.close()
-        else:
-            # already failing: do not mask that error with one from the shutdown
-            try:
-                self.close()
-            except ProxyError:
-                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"protocol {self._session.protocol_version}"
