@@ -82,9 +82,9 @@ def copy_verified(blob: Any, fd: int) -> str:
 def copy_zero(blob: Any, fd: int) -> str:
     """Unverified bytes moved with os.splice, never entering this process.
 
-    The client has no zero-copy method yet (proposed: ``BlobReader.copy_to(fd)``), so this
-    prototype splices from the reader's data pipe itself and then lets the reader finish
-    (error pipe, size check) as if it had read the bytes.
+    Through ``BlobReader.copy_to(fd)``; a client measured with ``--client-src`` from before
+    copy_to existed gets a prototype that splices from the reader's data pipe itself and
+    then lets the reader finish (error pipe, size check) as if it had read the bytes.
     """
     if hasattr(blob, "copy_to"):
         blob.copy_to(fd)

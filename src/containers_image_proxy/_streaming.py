@@ -110,7 +110,7 @@ class Coalescer:
     every write skopeo makes (32 KiB each): a system call and two context switches per
     32 KiB, and skopeo losing its core each time. Pausing while the pipe fills cuts the
     wakeups about twentyfold (measured: CPU of a 1 GiB splice into a pipe 0.2-0.4 s ->
-    0.04 s, and faster, since skopeo keeps running). The first pause is short enough that
+    0.05 s, and faster, since skopeo keeps running). The first pause is short enough that
     a 1 MiB pipe cannot fill during it below ~5 GB/s, so a fast source is never held
     up; it doubles while reads stay small (a slow source, such as a registry far away),
     up to a few ms, so a slow stream does not wake us more often than it would anyway.
