@@ -8,12 +8,13 @@ set -euo pipefail
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # skopeo 1.9.3 (protocol 0.2.3), the distribution registry, umoci, htpasswd, openssl, gpg,
-# patchelf and venv are what the tests use directly; binutils (readelf), util-linux (flock)
+# patchelf and venv are what the tests use directly (golang-go builds the archive/tar
+# reference lister for the differential tar tests); binutils (readelf), util-linux (flock)
 # and the archive keyring serve fetch-skopeo.sh. Recommends are left out: the tests need
 # none of them (checked on a debootstrapped minbase bookworm).
 PACKAGES=(
     skopeo docker-registry umoci apache2-utils openssl gnupg patchelf python3-venv
-    binutils util-linux debian-archive-keyring ca-certificates debootstrap
+    binutils util-linux debian-archive-keyring ca-certificates debootstrap golang-go
 )
 
 if [ "$(id -u)" -ne 0 ]; then
