@@ -16,6 +16,7 @@ from ._config import ProxyConfig
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
+    ImageNotFoundError,
     ProtocolError,
     ProxyClosedError,
     ProxyError,
@@ -39,7 +40,9 @@ from ._models import (
 )
 from ._operations import OpenedImage
 from ._pool import PoolShutdownError, ProxyPool
+from ._progress import TransferProgress
 from ._protocol import Feature
+from ._pull import pull, pull_async
 from ._reference import ImageReference
 from ._sync import ImageProxy
 from ._sync_reader import BlobReader
@@ -69,6 +72,7 @@ __all__ = [
     "ImageConfig",
     "ImageIndex",
     "ImageManifest",
+    "ImageNotFoundError",
     "ImageProxy",
     "ImageReference",
     "LayerDigestError",
@@ -89,7 +93,10 @@ __all__ = [
     "RootFS",
     "RuntimeConfig",
     "SkopeoNotFoundError",
+    "TransferProgress",
     "UnsafeLayerError",
+    "pull",
+    "pull_async",
     "read_file",
     "read_file_async",
     "unpack",

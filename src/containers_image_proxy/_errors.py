@@ -108,6 +108,10 @@ class RequestError(ProxyError):
         super().__init__(f"{method}: {message}")
 
 
+class ImageNotFoundError(RequestError):
+    """The image does not exist (placeholder until the not-found work lands)."""
+
+
 class BlobVerificationError(ProxyError):
     """A blob's size or digest differs from the one asked for."""
 
@@ -135,6 +139,7 @@ def unless_already_failing(exc_type: object) -> ContextManager[object]:
 __all__ = [
     "BlobVerificationError",
     "ConfigurationError",
+    "ImageNotFoundError",
     "ProtocolError",
     "ProxyClosedError",
     "ProxyError",

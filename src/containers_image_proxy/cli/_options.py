@@ -244,6 +244,13 @@ def _add_pull(p: argparse.ArgumentParser) -> None:
         default=4,
         help="blobs fetched at once (default: 4)",
     )
+    p.add_argument(
+        "--platform",
+        metavar="all|OS/ARCH[/VARIANT][,...]",
+        help="instances of a multi-platform image to pull: 'all' keeps the index as"
+        " stored, a list gets an index of its own (default: the one the proxy selects,"
+        " see --override-arch); needs a docker:// IMAGE",
+    )
 
 
 COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
