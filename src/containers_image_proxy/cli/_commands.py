@@ -28,6 +28,7 @@ from .._models import (
     LayerInfo,
 )
 from .._operations import OpenedImage
+from .._protocol import decode_json
 from .._sync import ImageProxy
 from ._errors import FAILURE, OK, USAGE, CliError, not_found
 from ._files import AtomicFile, copy_stream
@@ -164,7 +165,7 @@ def cmd_inspect(ctx: Context) -> int:
         if manifest.config.media_type in IMAGE_CONFIG_TYPES:
             config_raw = proxy.fetch_config_raw(img)
         layers = layer_infos(proxy, img, manifest)
-    config_json = json.loads(config_raw) if config_raw is not None else None
+    config_json = decode_json(config_raw, "GetFullConfig") if config_raw is not None else None
     if ctx.args.json:
         ctx.print_json(
             {
