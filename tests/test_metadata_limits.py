@@ -165,3 +165,19 @@ def test_layer_list_over_the_limit(skopeo_release: SkopeoRelease, layouts: Layou
         with proxy.open_image(layouts.ref("manylayers")) as img:
             with pytest.raises(MetadataTooLargeError, match="16384-byte metadata limit"):
                 proxy.get_layer_info(img)
+
+
+def test_command_line_limit(big: BigManifests) -> None:
+    from test_cli_support import cli, ok, one_line_error
+
+    ref = big.builder.ref("over")
+    proc = cli("inspect", ref)
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert one_line_error(proc) == (
+        "containers-image-proxy: GetManifest payload: larger than the 4194304-byte metadata"
+        " limit (ProxyConfig.max_metadata_size)"
+    )
+    raised = ["--max-metadata-size", str(2 * DEFAULT_LIMIT)]
+    assert ok(cli(*raised, "manifest", ref)) == big.over.manifest
+    assert ok(cli("manifest", ref, *raised)) == big.over.manifest  # after the command too
+    assert cli("--max-metadata-size", "100", "manifest", ref).returncode == 2
