@@ -9,9 +9,12 @@ and layer lists are bounded the same way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import random
 import tracemalloc
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -21,7 +24,10 @@ from containers_image_proxy import (
     ImageProxy,
     MetadataTooLargeError,
     ProtocolError,
+    ProxyConfig,
+    RequestError,
 )
+from test_faults import OK, fake_config, fake_env  # noqa: F401 (a fixture, used by name)
 from testbed.images import ImageInfo, LayoutBuilder, Layouts, make_tar
 from testbed.releases import SkopeoRelease
 
@@ -181,3 +187,52 @@ def test_command_line_limit(big: BigManifests) -> None:
     assert ok(cli(*raised, "manifest", ref)) == big.over.manifest
     assert ok(cli("manifest", ref, *raised)) == big.over.manifest  # after the command too
     assert cli("--max-metadata-size", "100", "manifest", ref).returncode == 2
+
+
+# --- what real skopeo never sends: a scripted fake peer (testbed/fake_peer.py) ---------------
+
+
+def fake(*steps: Any, **fields: Any) -> ProxyConfig:
+    return dataclasses.replace(fake_config(*steps), **fields)
+
+
+@pytest.mark.usefixtures("fake_env")
+def test_raw_blob_error_report_over_the_limit(no_leaks: None) -> None:
+    # GetRawBlob's error pipe holds a well-formed report of 8 KiB (the fake peer writes the
+    # same bytes into the data pipe): refused under a 4 KiB limit, decoded under the default
+    report = json.dumps({"code": "other", "message": "x" * 8192})
+    reply = json.dumps({"success": True, "value": len(report), "pipeid": 0})
+    step = {"raw": reply, "fds": 2, "payload": report}
+    errors = []
+    for limit in (4096, DEFAULT_LIMIT):
+        with ImageProxy(fake({"raw": OK}, step, max_metadata_size=limit)) as proxy:
+            img = proxy.open_image("oci:/x:y")
+            blob = proxy.get_raw_blob(img, "sha256:" + "0" * 64)
+            with pytest.raises((MetadataTooLargeError, RequestError)) as caught:
+                blob.read()
+            blob.close()
+            errors.append(caught.value)
+    refused, reported = errors
+    assert isinstance(refused, MetadataTooLargeError) and refused.limit == 4096
+    assert "xxx" not in str(refused)
+    assert isinstance(reported, RequestError) and reported.message == "x" * 8192
+
+
+@pytest.mark.usefixtures("fake_env")
+def test_reply_nested_50000_deep(no_leaks: None) -> None:
+    deep = '{"success": true, "pipeid": 0, "value": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    with ImageProxy(fake_config({"raw": deep})) as proxy:
+        with pytest.raises(ProtocolError, match="nested more than 256 levels"):
+            proxy.open_image("oci:/x:y")
+
+
+@pytest.mark.usefixtures("fake_env")
+def test_layer_list_nested_deep(no_leaks: None) -> None:
+    # 20,000 levels: deeper than json can decode, and still within one pipe buffer
+    payload = "[" * 20_000 + "]" * 20_000
+    step = {"raw": '{"success": true, "value": null, "pipeid": 7}', "fds": 1, "payload": payload}
+    with ImageProxy(fake_config({"raw": OK}, step)) as proxy:
+        img = proxy.open_image("oci:/x:y")
+        with pytest.raises(ProtocolError, match="GetLayerInfoPiped: JSON nested"):
+            proxy.get_layer_info(img)
+        img._closed = True  # the fake peer has no script left for CloseImage
