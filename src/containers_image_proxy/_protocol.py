@@ -185,10 +185,12 @@ def too_deep(obj: Any, data: Union[bytes, str]) -> bool:
     stack: List[Tuple[Any, int]] = [(obj, 1)]
     while stack:
         value, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return True
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_JSON_DEPTH:
+                    return True
+                if child:  # an empty one nests no further: not worth a visit
+                    stack.append((child, depth + 1))
     return False
 
 
