@@ -16,6 +16,7 @@ from ._config import ProxyConfig
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
+    MetadataTooLargeError,
     ProtocolError,
     ProxyClosedError,
     ProxyError,
@@ -74,6 +75,7 @@ __all__ = [
     "LayerDigestError",
     "LayerFormatError",
     "LayerInfo",
+    "MetadataTooLargeError",
     "OpenedImage",
     "Platform",
     "PoolShutdownError",
