@@ -49,8 +49,22 @@ def octal(b: bytes) -> int:
     return int(t, 8)  # at most 12 digits: never past 64 bits
 
 
+_SEEN: dict[bytes, int] = {}  # field bytes -> value: modes, ids and sizes repeat a lot
+_SEEN_MAX = 4096
+
+
 def numeric(b: bytes) -> int:
     """A numeric field: base-256 (two's complement) when the first bit is set, else octal."""
+    value = _SEEN.get(b)
+    if value is None:
+        value = _numeric(b)  # raises for a bad field: those are never remembered
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[b] = value
+    return value
+
+
+def _numeric(b: bytes) -> int:
     if b and b[0] & 0x80:
         inv = 0xFF if b[0] & 0x40 else 0
         x = 0
