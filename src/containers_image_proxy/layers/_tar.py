@@ -310,13 +310,14 @@ class TarReader:
             if t == 0:
                 hdr.typeflag = _DIR if hdr.name.endswith(b"/") else _REG
             self._set_data(hdr, off)
-            self._sparse(hdr, blk, fmt, off)
             self._entry = off
+            self._sparse(hdr, blk, fmt, off)
             return hdr
 
     def _global(self, hdr: Header, records: dict[bytes, bytes]) -> Header:
         """A 'g' header as Go returns it: its name (or its path record) and its records."""
         out = Header(_G, hdr.name)
+        out.offset = hdr.offset
         try:
             _merge_pax(hdr, records)
         except BadField:
@@ -325,7 +326,6 @@ class TarReader:
             return out
         out.name = hdr.name
         out.pax = records
-        out.offset = hdr.offset
         return out
 
     def _set_data(self, hdr: Header, off: int) -> int:
