@@ -76,6 +76,7 @@ def timed(fn: object, repeats: int) -> tuple[float, float]:
     """Median wall time and median CPU time (this process, all threads) of ``fn()``."""
     wall, cpu = [], []
     for _ in range(repeats):
+        os.sync()  # one run's writeback must not land on the next
         start, start_cpu = time.perf_counter(), time.process_time()
         fn()  # type: ignore[operator]
         wall.append(time.perf_counter() - start)

@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Callable
 
-from .tarcraft import END, GNU, USTAR, V7, entry, header, octal, pad, pax
+from .tarcraft import END, GNU, USTAR, V7, entry, header, octal, pad, pax, pax_record
 
 MTIME = 1_600_000_000
 
@@ -373,6 +373,10 @@ CASES: dict[str, Callable[[], bytes]] = {
     "rega-pax-path-with-slash": lambda: (
         pax([(b"path", b"made/a/dir/")]) + entry(b"", typeflag=b"\0") + END
     ),
+    "pax-cut-at-a-record-boundary": lambda: pax([(b"path", b"a"), (b"uid", b"1")])[
+        : 512 + len(pax_record(b"path", b"a"))
+    ],
+    "gnu-long-name-cut": lambda: entry(b"long-name" * 10, typeflag=b"L", fmt=GNU)[:520],
     "gnu-long-link-with-nul": lambda: (
         entry(b"tar\0get", typeflag=b"K", fmt=GNU) + entry(b"", typeflag=b"2", fmt=GNU) + END
     ),
