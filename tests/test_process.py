@@ -28,7 +28,7 @@ def wrapper(tmp_path: Path, release: SkopeoRelease, body: str) -> tuple[str, ...
     """A shell wrapper around the release's skopeo: runs ``body`` first, then execs it."""
     script = tmp_path / "skopeo-wrapper"
     argv = " ".join(f"'{a}'" for a in release.argv)
-    script.write_text(f'#!/bin/sh\n{body}\nexec {argv} "$@"\n')
+    script.write_text(f"#!/bin/sh\n{body}\nexec {argv} \"$@\"\n")
     script.chmod(0o755)
     return (str(script),)
 

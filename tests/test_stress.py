@@ -39,7 +39,6 @@ SEED = 20240101
 # Bounds a regression that hangs, well above the few seconds these tests take.
 STORM_DEADLINE = 20.0
 
-
 @dataclass(frozen=True)
 class Blob:
     ref: str
