@@ -30,18 +30,16 @@ from ._tarfields import (
     MAX_SPARSE_ENTRIES,
     SPARSE_MAP,
     BadField,
-    checksum_matches,
     collapse_token,
     cstr,
     data_regions,
     entry_count,
-    is_ascii,
     numeric,
     parse_int,
     parse_pax,
-    pax_time,
     sparse_map_0x1,
 )
+from ._tarheader import GNU, Header, merge_pax, parse_header
 
 BLOCK = 512
 MAX_SPECIAL = 1 << 20  # Go's limit for PAX and GNU long-name headers
@@ -50,8 +48,6 @@ _ZERO_BLOCK = bytes(BLOCK)
 _HEADER_ONLY = frozenset(b"123456")  # link, symlink, char, block, dir, fifo: no data
 _X, _G, _L, _K, _S = b"xgLKS"
 _DIR, _REG = ord("5"), ord("0")
-_V7, _USTAR, _GNU, _STAR = range(4)
-_GO_ZERO_TIME = -62135596800  # Go's zero time.Time, as Unix seconds
 
 
 class Stream(Protocol):
@@ -60,137 +56,6 @@ class Stream(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
     def readinto(self, buffer: bytearray, /) -> int: ...
-
-
-class Header:
-    """One entry as Go's Reader.Next() returns it; strings are the archive's bytes.
-
-    ``typeflag`` is the type byte's value; ``mtime``/``atime``/``ctime`` are (seconds,
-    nanoseconds), atime and ctime None when the header has none; ``pax`` the entry's own
-    PAX records (None without an extended header); ``sparse`` the data regions of a sparse
-    file as merged, non-empty (offset, length) pairs in logical coordinates, None for a
-    file that is not sparse; ``offset`` where the entry's first header block starts.
-    """
-
-    __slots__ = (
-        "atime",
-        "ctime",
-        "devmajor",
-        "devminor",
-        "gid",
-        "gname",
-        "linkname",
-        "mode",
-        "mtime",
-        "name",
-        "offset",
-        "pax",
-        "size",
-        "sparse",
-        "typeflag",
-        "uid",
-        "uname",
-    )
-
-    def __init__(self, typeflag: int, name: bytes) -> None:
-        self.typeflag = typeflag
-        self.name = name
-        self.linkname = b""
-        self.size = 0
-        self.mode = 0
-        self.uid = 0
-        self.gid = 0
-        self.uname = b""
-        self.gname = b""
-        self.mtime = (_GO_ZERO_TIME, 0)
-        self.atime: Optional[tuple[int, int]] = None
-        self.ctime: Optional[tuple[int, int]] = None
-        self.devmajor = 0
-        self.devminor = 0
-        self.pax: Optional[dict[bytes, bytes]] = None
-        self.sparse: Optional[list[tuple[int, int]]] = None
-        self.offset = 0
-
-
-def _format(blk: bytes) -> int:
-    magic = blk[257:263]
-    if magic == b"ustar\x00":
-        return _STAR if blk[508:512] == b"tar\x00" else _USTAR
-    if magic == b"ustar " and blk[263:265] == b" \x00":
-        return _GNU
-    return _V7
-
-
-def _parse_header(blk: bytes) -> tuple[Header, int]:
-    """A header block's fields, before extended headers are applied; and its format."""
-    if not checksum_matches(blk):
-        raise BadField("bad checksum")
-    fmt = _format(blk)
-    hdr = Header(blk[156], cstr(blk[:100]))
-    hdr.linkname = cstr(blk[157:257])
-    hdr.size = numeric(blk[124:136])
-    hdr.mode = numeric(blk[100:108])
-    hdr.uid = numeric(blk[108:116])
-    hdr.gid = numeric(blk[116:124])
-    hdr.mtime = (numeric(blk[136:148]), 0)
-    if fmt == _V7:
-        return hdr, fmt
-    hdr.uname = cstr(blk[265:297])
-    hdr.gname = cstr(blk[297:329])
-    hdr.devmajor = numeric(blk[329:337])
-    hdr.devminor = numeric(blk[337:345])
-    prefix = b""
-    if fmt == _USTAR:
-        prefix = cstr(blk[345:500])
-    elif fmt == _STAR:
-        prefix = cstr(blk[345:476])
-        hdr.atime = (numeric(blk[476:488]), 0)
-        hdr.ctime = (numeric(blk[488:500]), 0)
-    else:
-        try:
-            if blk[345]:
-                hdr.atime = (numeric(blk[345:357]), 0)
-            if blk[357]:
-                hdr.ctime = (numeric(blk[357:369]), 0)
-        except BadField:
-            # Go's reading of archives from its own pre-1.8 writer, which put a USTAR
-            # prefix where GNU keeps the access and change times
-            hdr.atime = hdr.ctime = None
-            old_prefix = cstr(blk[345:500])
-            if is_ascii(old_prefix):
-                prefix = old_prefix
-    if prefix:
-        hdr.name = prefix + b"/" + hdr.name
-    return hdr, fmt
-
-
-def _merge_pax(hdr: Header, records: Optional[dict[bytes, bytes]]) -> None:
-    """Apply an extended header's records to ``hdr`` (empty values keep the header's)."""
-    if records is None:
-        return
-    for key, value in records.items():
-        if not value:
-            continue
-        if key == b"path":
-            hdr.name = value
-        elif key == b"linkpath":
-            hdr.linkname = value
-        elif key == b"uname":
-            hdr.uname = value
-        elif key == b"gname":
-            hdr.gname = value
-        elif key in (b"uid", b"gid", b"size"):
-            n = parse_int(value)
-            if n is None:
-                raise BadField(f"bad PAX {key.decode()} {value!r}")
-            setattr(hdr, key.decode(), n)
-        elif key == b"mtime":
-            hdr.mtime = pax_time(value)
-        elif key == b"atime":
-            hdr.atime = pax_time(value)
-        elif key == b"ctime":
-            hdr.ctime = pax_time(value)
-    hdr.pax = records
 
 
 class TarReader:
@@ -277,7 +142,7 @@ class TarReader:
                     return None
                 raise self._bad(off + BLOCK, "a zero block followed by a non-zero block")
             try:
-                hdr, fmt = _parse_header(blk)
+                hdr, fmt = parse_header(blk)
             except BadField as e:
                 raise self._bad(off, str(e)) from None
             hdr.offset = first
@@ -300,7 +165,7 @@ class TarReader:
                     long_link = value
                 continue
             try:
-                _merge_pax(hdr, pax)
+                merge_pax(hdr, pax)
             except BadField as e:
                 raise self._bad(off, str(e)) from None
             if long_name:
@@ -319,7 +184,7 @@ class TarReader:
         out = Header(_G, hdr.name)
         out.offset = hdr.offset
         try:
-            _merge_pax(hdr, records)
+            merge_pax(hdr, records)
         except BadField:
             # Go drops the records then (its name depends on map order: path or not)
             out.name = records.get(b"path") or hdr.name
@@ -381,7 +246,7 @@ class TarReader:
         self._lsize = hdr.size
 
     def _old_gnu_map(self, hdr: Header, blk: bytes, fmt: int, off: int) -> list[tuple[int, int]]:
-        if fmt != _GNU:
+        if fmt != GNU:
             raise BadField("sparse entry in a header that is not GNU")
         hdr.size = numeric(blk[483:495])
         spd: list[tuple[int, int]] = []

@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 from ._compression import DecompressingReader, Readable
 from ._errors import LayerDigestError, LayerFormatError
-from ._tar import Header, TarReader
+from ._tar import TarReader
+from ._tarheader import Header
 
 _HASHES = ("sha256", "sha384", "sha512")
 _GLOBAL = ord("g")
