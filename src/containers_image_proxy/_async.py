@@ -33,7 +33,7 @@ from ._errors import (
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
-from ._protocol import PipeReply, Reply, ValueReply, encode_request
+from ._protocol import MetadataBuffer, PipeReply, Reply, ValueReply, encode_request
 from ._reference import ImageReference
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
 
@@ -63,7 +63,7 @@ class AsyncImageProxy(ops.FrontEnd):
         self._config = config if config is not None else ProxyConfig()
         self._session = ops.Session(self._config)
         self._process: Optional[SkopeoProcess] = None
-        self._conn = Connection()
+        self._conn = Connection(self._config.max_metadata_size)
         self._outbox: Deque[bytes] = collections.deque()
         self._buf = new_receive_buffer()
         self._closed = False
@@ -282,16 +282,16 @@ class AsyncImageProxy(ops.FrontEnd):
             raise self._stalled(context)
 
     async def _read_all(self, fd: int, context: str) -> bytes:
-        chunks: List[bytes] = []
+        payload = MetadataBuffer(context, self._config.max_metadata_size)
         while True:
             try:
-                chunk = os.read(fd, READ_CHUNK)
+                chunk = os.read(fd, payload.room(READ_CHUNK))
             except BlockingIOError:
                 await self._wait_data(fd, context)
                 continue
             if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+                return payload.take()
+            payload.add(chunk)
 
     async def _discard(self, fd: int, count: int, hasher: Any) -> int:
         buf = memoryview(bytearray(min(count, READ_CHUNK)))

@@ -13,7 +13,6 @@ inside the action, so an abandoned generator cannot leak one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import (
     Any,
@@ -37,6 +36,7 @@ from ._protocol import (
     Feature,
     Version,
     check_minimum_version,
+    decode_json,
     format_version,
     has_feature,
     is_not_found,
@@ -338,11 +338,7 @@ def get_layer_info(session: Session, image_id: int, reference: ImageReference) -
     """The layers as they would be copied: GetLayerInfoPiped, GetLayerInfo, or the manifest."""
     if session.supports(Feature.LAYER_INFO_PIPED):
         _, payload = yield CallPiped("GetLayerInfoPiped", (image_id,))
-        try:
-            value = json.loads(payload)
-        except ValueError as e:
-            raise ProtocolError(f"GetLayerInfoPiped: payload is not JSON: {e}") from None
-        return _layer_infos(value, "GetLayerInfoPiped")
+        return _layer_infos(decode_json(payload, "GetLayerInfoPiped"), "GetLayerInfoPiped")
     if session.supports(Feature.LAYER_INFO):
         return _layer_infos((yield Call("GetLayerInfo", (image_id,))), "GetLayerInfo")
     if reference.transport in _COPY_LAYERS_DIFFER:

@@ -31,7 +31,7 @@ from ._errors import (
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
-from ._protocol import Arg, PipeReply, Reply, ValueReply, encode_request
+from ._protocol import Arg, MetadataBuffer, PipeReply, Reply, ValueReply, encode_request
 from ._reference import ImageReference
 from ._sync_reader import BlobReader, wait_readable
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
@@ -53,7 +53,7 @@ class ImageProxy(ops.FrontEnd):
     def __init__(self, config: Optional[ProxyConfig] = None) -> None:
         self._config = config if config is not None else ProxyConfig()
         self._session = ops.Session(self._config)
-        self._conn = Connection()
+        self._conn = Connection(self._config.max_metadata_size)
         self._cond = threading.Condition()
         self._receiving = False
         self._buf = new_receive_buffer()
@@ -241,14 +241,14 @@ class ImageProxy(ops.FrontEnd):
         return err
 
     def _read_all(self, fd: int, context: str) -> bytes:
-        chunks: List[bytes] = []
+        payload = MetadataBuffer(context, self._config.max_metadata_size)
         while True:
             if not wait_readable(fd, self._config.stall_timeout):
                 raise self._stalled(context)
-            chunk = os.read(fd, READ_CHUNK)
+            chunk = os.read(fd, payload.room(READ_CHUNK))
             if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+                return payload.take()
+            payload.add(chunk)
 
     def _discard(self, fd: int, count: int, hasher: Any) -> int:
         buf = memoryview(bytearray(min(count, READ_CHUNK)))
