@@ -16,6 +16,7 @@ from ._config import ProxyConfig
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
+    ImageNotFoundError,
     ProtocolError,
     ProxyClosedError,
     ProxyError,
@@ -69,6 +70,7 @@ __all__ = [
     "ImageConfig",
     "ImageIndex",
     "ImageManifest",
+    "ImageNotFoundError",
     "ImageProxy",
     "ImageReference",
     "LayerDigestError",

@@ -105,11 +105,13 @@ class AsyncImageProxy(ops.FrontEnd):
         return f"<AsyncImageProxy pid={pid} {state}>"
 
     async def close(self) -> None:
-        """Send Shutdown, reap skopeo, and raise ProxyExitedError if it exited non-zero."""
+        """Close the images still open, send Shutdown, reap skopeo, and raise
+        ProxyExitedError if it exited non-zero."""
         process = self._process
         if process is None or not self._finalizer.alive:
             self._closed = True
             return
+        await self._close_open_images()
         already_failed = self._conn.failure is not None
         self._closed = True
         self._stop_watching()
@@ -129,6 +131,15 @@ class AsyncImageProxy(ops.FrontEnd):
         process.release()
         if code != 0 and not already_failed:
             raise ProxyExitedError(code, stderr, "shutdown")
+
+    async def _close_open_images(self) -> None:
+        # skopeo 1.9.3 leaves an oci-archive's extracted copy in /var/tmp for an image
+        # still open at Shutdown; a proxy that failed is past asking.
+        if not self._closed and self._conn.failure is None and self._session.open_images:
+            try:
+                await self._run(ops.close_open_images(self._session))
+            except ProxyError:
+                pass  # Shutdown below reports what became of skopeo
 
     # --- the connection ---------------------------------------------------------------
 
@@ -407,7 +418,7 @@ class AsyncImageProxy(ops.FrontEnd):
         img._closed = True
         if self._closed:
             return
-        await self._run(ops.close_image(image_id))
+        await self._run(ops.close_image(self._session, image_id))
 
     async def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
         """The image's manifest in OCI form, and the digest of the manifest as stored."""

@@ -82,7 +82,9 @@ class ImageProxy(ops.FrontEnd):
         return f"<ImageProxy pid={self._process.pid} {state}>"
 
     def close(self) -> None:
-        """Send Shutdown, reap skopeo, and raise ProxyExitedError if it exited non-zero."""
+        """Close the images still open, send Shutdown, reap skopeo, and raise
+        ProxyExitedError if it exited non-zero."""
+        self._close_open_images()
         with self._cond:
             if self._closed and self._finalizer.alive is False:
                 return
@@ -105,6 +107,15 @@ class ImageProxy(ops.FrontEnd):
         self._process.release()
         if code != 0 and not already_failed:
             raise ProxyExitedError(code, stderr, "shutdown")
+
+    def _close_open_images(self) -> None:
+        # skopeo 1.9.3 leaves an oci-archive's extracted copy in /var/tmp for an image
+        # still open at Shutdown; a proxy that failed is past asking.
+        if not self._closed and self._conn.failure is None and self._session.open_images:
+            try:
+                self._run(ops.close_open_images(self._session))
+            except ProxyError:
+                pass  # Shutdown below reports what became of skopeo
 
     def _teardown(self, failure: Optional[ProxyError]) -> None:
         """Kill skopeo after a failure; outstanding and later requests fail with ``failure``.
@@ -317,7 +328,7 @@ class ImageProxy(ops.FrontEnd):
         img._closed = True
         if self._closed:
             return
-        self._run(ops.close_image(image_id))
+        self._run(ops.close_image(self._session, image_id))
 
     def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
         """The image's manifest in OCI form, and the digest of the manifest as stored."""
