@@ -15,6 +15,7 @@ import os
 import weakref
 from typing import Any, Deque, Generator, List, Optional, Tuple, Union
 
+from . import _catalog as catalog
 from . import _operations as ops
 from . import _streaming as streaming
 from ._async_reader import AsyncBlobReader
@@ -30,7 +31,7 @@ from ._errors import (
     RequestError,
     unless_already_failing,
 )
-from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from ._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
 from ._protocol import PipeReply, Reply, ValueReply, encode_request
@@ -409,6 +410,33 @@ class AsyncImageProxy(ops.FrontEnd):
         ref = ops.as_reference(reference)
         image_id = await self._run(ops.open_image_optional(self._session, ref))
         return None if image_id is None else OpenedImage(self, image_id, ref)
+
+    async def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
+        """The tags of ``repository``: ``docker://registry/repo`` (no tag), a
+        ``docker-archive:`` file (its references, such as ``docker.io/library/x:1``) or an
+        ``oci:`` layout directory (the names in its index.json), in the order listed.
+
+        Runs ``skopeo list-tags`` with this proxy's configuration (credentials,
+        certificates, TLS, registries.conf); layouts are read directly. Raises
+        :class:`ImageNotFoundError` for a repository, archive or layout that is not there,
+        :class:`RequestError` for other failures, :class:`ConfigurationError` for other
+        transports or a reference with a tag.
+        """
+        return await catalog.list_tags_async(self._config, repository)
+
+    async def fetch_index(
+        self, reference: Union[str, ImageReference]
+    ) -> Optional[Tuple[Digest, ImageIndex]]:
+        """The manifest list or OCI index of ``reference`` as stored, with its own digest
+        (sha256 of its bytes); None for an image with a single manifest.
+
+        Each instance opens by digest: ``docker://registry/repo@sha256:...`` (for layouts see
+        docs/transports.md). Runs ``skopeo inspect --raw`` with this proxy's configuration;
+        the answer is bounded to 4 MiB. Raises :class:`ImageNotFoundError` for a missing
+        image, :class:`RequestError` for other failures, :class:`ProtocolError` for an
+        answer that is not a valid index.
+        """
+        return await catalog.fetch_index_async(self._config, reference)
 
     async def close_image(self, img: OpenedImage) -> None:
         """Release an opened image in the proxy. Closing twice is harmless."""
