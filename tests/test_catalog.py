@@ -25,6 +25,7 @@ from containers_image_proxy import (
     RequestError,
 )
 from containers_image_proxy._config import build_skopeo_command
+from test_cli_support import cli, ok, one_line_error, skopeo_opt
 from testbed.images import MEDIA_TYPE_INDEX, LayoutBuilder, Layouts, convert, small_image
 from testbed.registry import Registry
 from testbed.releases import SYSTEM_SKOPEO, SkopeoRelease
@@ -300,3 +301,39 @@ def test_oversized_answer_is_refused(
         assert "exceeds 4194304 bytes" in str(caught.value)
         found = proxy.fetch_index(layout_builder.ref("big"))
         assert found is not None and len(found[1].annotations["filler"]) == 3 * 1024 * 1024
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_cli_tags(skopeo_release: SkopeoRelease, catalog: Catalog, tmp_path: Path) -> None:
+    opt = [*skopeo_opt(skopeo_release), "--tls-verify=false"]
+    repo = f"docker://{catalog.plain.host}/catalog/small"
+    assert sorted(ok(cli(*opt, "tags", repo)).decode().split("\n")[:-1]) == ["1", "2", "latest"]
+    assert sorted(json.loads(ok(cli(*opt, "tags", "--json", repo)))) == ["1", "2", "latest"]
+    layout = ok(cli(*opt, "tags", f"oci:{catalog.layouts.path}")).decode().splitlines()
+    assert layout == list(catalog.layouts.tags)
+    missing = cli(*opt, "tags", f"docker://{catalog.plain.host}/catalog/none")
+    assert missing.returncode == 3
+    one_line_error(missing)
+    assert cli(*opt, "tags", f"oci:{tmp_path}/none").returncode == 3
+    assert cli(*opt, "tags", repo + ":1").returncode == 2
+
+
+def test_cli_index(skopeo_release: SkopeoRelease, catalog: Catalog) -> None:
+    opt = [*skopeo_opt(skopeo_release), "--tls-verify=false"]
+    ref = f"docker://{catalog.plain.host}/catalog/multi:1"
+    expected = catalog.layouts.multiarch
+    assert json.loads(ok(cli(*opt, "index", "--json", ref))) == expected.index_json
+    lines = ok(cli(*opt, "index", ref)).decode().splitlines()
+    assert lines[0] == f"Digest: {expected.digest}"
+    assert lines[2].split() == ["PLATFORM", "DIGEST", "SIZE", "MEDIA", "TYPE"]
+    rows = [line.split() for line in lines[3:]]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("linux/" + i.architecture + (f"/{i.variant}" if i.variant else ""), i.manifest_digest)
+        for i in expected.images
+    ]
+    single = cli(*opt, "index", f"docker://{catalog.plain.host}/catalog/small:1")
+    assert single.returncode == 1
+    assert "single manifest" in one_line_error(single)
+    assert cli(*opt, "index", f"docker://{catalog.plain.host}/catalog/multi:nope").returncode == 3
