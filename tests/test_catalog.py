@@ -239,6 +239,24 @@ def test_index_from_a_layout_and_each_instance(
             assert proxy.fetch_manifest(img)[0] == entry.digest
 
 
+def test_no_release_opens_a_layout_instance_by_digest(
+    no_leaks: None, skopeo_release: SkopeoRelease, catalog: Catalog
+) -> None:
+    """What docs/transports.md says of oci:DIR@DIGEST and oci:DIR:@DIGEST, checked."""
+    layouts = catalog.layouts
+    instance = layouts.multiarch.images[1].manifest_digest
+    with ImageProxy(make_config(skopeo_release)) as proxy:
+        # a directory named DIR@sha256 that is not there
+        with pytest.raises(ImageNotFoundError) as caught:
+            proxy.open_image(f"oci:{layouts.path}@{instance}")
+        assert "@sha256/index.json: no such file or directory" in caught.value.message
+        with pytest.raises(RequestError) as refused:
+            proxy.open_image(f"oci:{layouts.path}:@{instance}")
+        assert not isinstance(refused.value, ImageNotFoundError)
+        text = "Invalid image @" if skopeo_release.version < (1, 18) else "Invalid source index @"
+        assert text in refused.value.message
+
+
 def test_index_async_and_pool(
     no_leaks: None, skopeo_release: SkopeoRelease, catalog: Catalog
 ) -> None:

@@ -267,12 +267,15 @@ def _not_found(e: RequestError, ref: ImageReference) -> Optional[ImageNotFoundEr
     return ImageNotFoundError(e.method, e.message, e.error_code, str(ref))
 
 
-def _check_lazy_open(image_id: int, ref: ImageReference) -> Op:
-    """For transports that open without looking: read the manifest once, so that a missing
-    image is reported by the open (the image is closed again) and not by the first read.
+def _opened(session: Session, image_id: int, ref: ImageReference) -> Op:
+    """Record an opened image; for transports that open without looking, read the manifest
+    once, so that a missing image is reported by the open (the image is closed again) and
+    not by the first read.
 
     Any other error is left for the caller's first read to meet, as without this check.
+    The image is recorded first: if the check is abandoned, Shutdown still closes it.
     """
+    session.open_images.add(image_id)
     if ref.transport not in LAZY_TRANSPORTS:
         return
     try:
@@ -281,6 +284,7 @@ def _check_lazy_open(image_id: int, ref: ImageReference) -> Op:
         missing = _not_found(e, ref)
         if missing is None:
             return
+        session.open_images.discard(image_id)
         try:
             yield Call("CloseImage", (image_id,))
         except RequestError:
@@ -301,8 +305,7 @@ def open_image(session: Session, reference: Union[str, ImageReference]) -> Op:
     image_id = _image_id(value, "OpenImage")
     if image_id == 0:
         raise ProtocolError("OpenImage returned the not-found image id 0")
-    yield from _check_lazy_open(image_id, ref)
-    session.open_images.add(image_id)
+    yield from _opened(session, image_id, ref)
     return image_id
 
 
@@ -327,10 +330,9 @@ def open_image_optional(session: Session, reference: Union[str, ImageReference])
     if not image_id:
         return None
     try:
-        yield from _check_lazy_open(image_id, ref)
+        yield from _opened(session, image_id, ref)
     except ImageNotFoundError:
         return None
-    session.open_images.add(image_id)
     return image_id
 
 
