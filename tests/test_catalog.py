@@ -4,6 +4,7 @@ on every skopeo release; each instance of a multi-platform image opened by diges
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from dataclasses import dataclass, replace
@@ -83,7 +84,7 @@ def test_tags_of_a_registry_repository(
             proxy.list_tags(f"dir:{catalog.docker_archive}")
 
 
-@pytest.mark.parametrize("how", ["cert_dir", "authfile", "auth_data", "no-ca"])
+@pytest.mark.parametrize("how", ["cert_dir", "authfile", "auth_data", "no-ca", "wrong-password"])
 def test_tags_with_the_proxy_configuration(
     no_leaks: None, skopeo_release: SkopeoRelease, catalog: Catalog, tmp_path: Path, how: str
 ) -> None:
@@ -100,6 +101,13 @@ def test_tags_with_the_proxy_configuration(
         auth = {"authfile": registry.authfile} if how == "authfile" else {}
         if how == "auth_data":
             auth = {"auth_data": registry.auth_json}
+        if how == "wrong-password":
+            wrong = registry.auth_json.replace(
+                base64.b64encode(f"{registry.user}:{registry.password}".encode()),
+                base64.b64encode(f"{registry.user}:not-{registry.password}".encode()),
+            )
+            assert wrong != registry.auth_json
+            auth = {"auth_data": wrong}
         config = make_config(skopeo_release, cert_dir=registry.cert_dir, **auth)
     repo = f"docker://{registry.host}/catalog/small"
     with ImageProxy(config) as proxy:
@@ -108,6 +116,12 @@ def test_tags_with_the_proxy_configuration(
                 proxy.list_tags(repo)
             assert "x509" in caught.value.message
             assert not isinstance(caught.value, ImageNotFoundError)
+        elif how == "wrong-password":
+            with pytest.raises(RequestError) as caught:
+                proxy.list_tags(repo)
+            assert not isinstance(caught.value, ImageNotFoundError)
+            assert "authentication required" in caught.value.message
+            assert registry.password not in str(caught.value)
         else:
             assert sorted(proxy.list_tags(repo)) == ["1", "2", "latest"]
 
