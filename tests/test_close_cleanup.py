@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from containers_image_proxy import (
     AsyncProxyPool,
     ImageProxy,
     ProxyConfig,
+    ProxyExitedError,
     ProxyPool,
 )
 from testbed.images import Layouts, convert
@@ -92,3 +94,17 @@ def test_async_pool(
 
     asyncio.run(main())
     assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_skopeo_gone_with_images_open_is_reported(
+    no_leaks: None, skopeo_release: SkopeoRelease, archive: str, tmp_path: Path
+) -> None:
+    # closing the images meets the dead skopeo: close() still says what became of it
+    config = private_tmp(skopeo_release, tmp_path / "tmp")
+    proxy = ImageProxy(config)
+    proxy.open_image(archive)
+    os.kill(proxy._process.pid, signal.SIGKILL)
+    with pytest.raises(ProxyExitedError) as caught:
+        proxy.close()
+    assert caught.value.returncode == -signal.SIGKILL
+    proxy.close()  # twice is harmless

@@ -112,7 +112,7 @@ class AsyncImageProxy(ops.FrontEnd):
         if process is None or not self._finalizer.alive:
             self._closed = True
             return
-        await self._close_open_images()
+        failure = await self._close_open_images()
         already_failed = self._conn.failure is not None
         self._closed = True
         self._stop_watching()
@@ -132,15 +132,19 @@ class AsyncImageProxy(ops.FrontEnd):
         process.release()
         if code != 0 and not already_failed:
             raise ProxyExitedError(code, stderr, "shutdown")
+        if failure is not None:
+            raise failure
 
-    async def _close_open_images(self) -> None:
+    async def _close_open_images(self) -> Optional[ProxyError]:
+        """Close the images still open; the error that ended the connection meanwhile."""
         # skopeo 1.9.3 leaves an oci-archive's extracted copy in /var/tmp for an image
         # still open at Shutdown; a proxy that failed is past asking.
         if not self._closed and self._conn.failure is None and self._session.open_images:
             try:
                 await self._run(ops.close_open_images(self._session))
-            except ProxyError:
-                pass  # Shutdown below reports what became of skopeo
+            except ProxyError as e:
+                return e  # skopeo died: close() reports it as Shutdown would have
+        return None
 
     # --- the connection ---------------------------------------------------------------
 

@@ -85,7 +85,7 @@ class ImageProxy(ops.FrontEnd):
     def close(self) -> None:
         """Close the images still open, send Shutdown, reap skopeo, and raise
         ProxyExitedError if it exited non-zero."""
-        self._close_open_images()
+        failure = self._close_open_images()
         with self._cond:
             if self._closed and self._finalizer.alive is False:
                 return
@@ -108,15 +108,19 @@ class ImageProxy(ops.FrontEnd):
         self._process.release()
         if code != 0 and not already_failed:
             raise ProxyExitedError(code, stderr, "shutdown")
+        if failure is not None:
+            raise failure
 
-    def _close_open_images(self) -> None:
+    def _close_open_images(self) -> Optional[ProxyError]:
+        """Close the images still open; the error that ended the connection meanwhile."""
         # skopeo 1.9.3 leaves an oci-archive's extracted copy in /var/tmp for an image
         # still open at Shutdown; a proxy that failed is past asking.
         if not self._closed and self._conn.failure is None and self._session.open_images:
             try:
                 self._run(ops.close_open_images(self._session))
-            except ProxyError:
-                pass  # Shutdown below reports what became of skopeo
+            except ProxyError as e:
+                return e  # skopeo died: close() reports it as Shutdown would have
+        return None
 
     def _teardown(self, failure: Optional[ProxyError]) -> None:
         """Kill skopeo after a failure; outstanding and later requests fail with ``failure``.
