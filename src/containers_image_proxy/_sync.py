@@ -315,12 +315,17 @@ class ImageProxy(ops.FrontEnd):
     # --- public methods ---------------------------------------------------------------
 
     def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
-        """Open an image, for example ``"docker://registry.example/app:1.0"``."""
+        """Open an image, for example ``"docker://registry.example/app:1.0"``.
+
+        Raises :class:`ImageNotFoundError` if it does not exist (what each transport can
+        tell: docs/transports.md), :class:`RequestError` if it could not be looked at.
+        """
         ref = ops.as_reference(reference)
         return OpenedImage(self, self._run(ops.open_image(self._session, ref)), ref)
 
     def open_image_optional(self, reference: Union[str, ImageReference]) -> Optional[OpenedImage]:
-        """Open an image, or return None if it does not exist (emulated before 0.2.4)."""
+        """Open an image, or return None exactly where :meth:`open_image` raises
+        :class:`ImageNotFoundError`; other failures raise :class:`RequestError`."""
         ref = ops.as_reference(reference)
         image_id = self._run(ops.open_image_optional(self._session, ref))
         return None if image_id is None else OpenedImage(self, image_id, ref)
