@@ -41,6 +41,7 @@ class Catalog:
     auth: Registry
     layouts: Layouts
     docker_archive: Path
+    docker_list: str  # the digest of the Docker manifest list pushed as catalog/list:1
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,13 @@ def catalog(
     # the multi-platform index and every instance, unchanged
     digest = registry_plain.push(layouts.ref("multiarch"), "catalog/multi:1", extra_args=["--all"])
     assert digest == layouts.multiarch.digest
+    # the same instances as a Docker manifest list (converted on the way in)
+    docker_list = registry_plain.push(
+        layouts.ref("multiarch"), "catalog/list:1", extra_args=["--all", "--format", "v2s2"]
+    )
     archive = tmp_path_factory.mktemp("catalog") / "docker.tar"
     convert([str(SYSTEM_SKOPEO)], layouts.ref("small"), f"docker-archive:{archive}:example/img:tag")
-    return Catalog(registry_plain, registry_tls, registry_auth, layouts, archive)
+    return Catalog(registry_plain, registry_tls, registry_auth, layouts, archive, docker_list)
 
 
 def plain_config(release: SkopeoRelease) -> ProxyConfig:
@@ -251,6 +256,24 @@ def test_index_from_a_layout_and_each_instance(
         )
         with ImageProxy(chosen) as proxy, proxy.open_image(layouts.ref("multiarch")) as img:
             assert proxy.fetch_manifest(img)[0] == entry.digest
+
+
+def test_docker_manifest_list(
+    no_leaks: None, skopeo_release: SkopeoRelease, catalog: Catalog
+) -> None:
+    repo = f"docker://{catalog.plain.host}/catalog/list"
+    with ImageProxy(plain_config(skopeo_release)) as proxy:
+        found = proxy.fetch_index(f"{repo}:1")
+        assert found is not None
+        digest, index = found
+        assert digest == catalog.docker_list
+        assert index.media_type == "application/vnd.docker.distribution.manifest.list.v2+json"
+        archs = [d.platform.architecture for d in index.manifests if d.platform]
+        assert archs == [i.architecture for i in catalog.layouts.multiarch.images]
+        for entry in index.manifests:
+            assert entry.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+            with proxy.open_image(f"{repo}@{entry.digest}") as img:
+                assert proxy.fetch_manifest(img)[0] == entry.digest
 
 
 def test_no_release_opens_a_layout_instance_by_digest(
