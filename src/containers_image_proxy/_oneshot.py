@@ -69,9 +69,10 @@ class OneShot:
         skopeo = tuple(config.skopeo)
         uap = config.user_agent_prefix is not None and "--user-agent-prefix" in skopeo_help(skopeo)
         auth_fd: Optional[int] = None
-        stderr_fd = os.memfd_create("skopeo-stderr", os.MFD_CLOEXEC)
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        stderr_fd = read_end = write_end = -1
         try:
+            stderr_fd = os.memfd_create("skopeo-stderr", os.MFD_CLOEXEC)
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
             auth = config.auth_bytes()
             if auth is not None:
                 auth_fd = os.memfd_create("auth.json", os.MFD_CLOEXEC)
