@@ -421,30 +421,13 @@ class AsyncImageProxy(ops.FrontEnd):
         return None if image_id is None else OpenedImage(self, image_id, ref)
 
     async def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
-        """The tags of ``repository``: ``docker://registry/repo`` (no tag), a
-        ``docker-archive:`` file (its references, such as ``docker.io/library/x:1``) or an
-        ``oci:`` layout directory (the names in its index.json), in the order listed.
-
-        Runs ``skopeo list-tags`` with this proxy's configuration (credentials,
-        certificates, TLS, registries.conf); layouts are read directly. Raises
-        :class:`ImageNotFoundError` for a repository, archive or layout that is not there,
-        :class:`RequestError` for other failures, :class:`ConfigurationError` for other
-        transports or a reference with a tag.
-        """
+        """The tags of a repository, archive or layout: :meth:`ImageProxy.list_tags`."""
         return await catalog.list_tags_async(self._config, repository)
 
     async def fetch_index(
         self, reference: Union[str, ImageReference]
     ) -> Optional[Tuple[Digest, ImageIndex]]:
-        """The manifest list or OCI index of ``reference`` as stored, with its own digest
-        (sha256 of its bytes); None for an image with a single manifest.
-
-        Each instance opens by digest: ``docker://registry/repo@sha256:...`` (for layouts see
-        docs/transports.md). Runs ``skopeo inspect --raw`` with this proxy's configuration;
-        the answer is bounded to 4 MiB. Raises :class:`ImageNotFoundError` for a missing
-        image, :class:`RequestError` for other failures, :class:`ProtocolError` for an
-        answer that is not a valid index.
-        """
+        """The index as stored and its digest, or None: :meth:`ImageProxy.fetch_index`."""
         return await catalog.fetch_index_async(self._config, reference)
 
     async def close_image(self, img: OpenedImage) -> None:
