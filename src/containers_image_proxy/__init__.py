@@ -16,6 +16,7 @@ from ._config import ProxyConfig
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
+    ImageNotFoundError,
     MetadataTooLargeError,
     ProtocolError,
     ProxyClosedError,
@@ -70,6 +71,7 @@ __all__ = [
     "ImageConfig",
     "ImageIndex",
     "ImageManifest",
+    "ImageNotFoundError",
     "ImageProxy",
     "ImageReference",
     "LayerDigestError",
