@@ -151,9 +151,10 @@ class BridgedProxy:
         """``fetch_config_raw`` on the loop."""
         return self._call("fetch_config_raw", image)
 
-    def fetch_index_raw(self, reference: Any) -> Any:
-        """``fetch_index_raw`` on the loop."""
-        return self._call("fetch_index_raw", reference)
+    @property
+    def config(self) -> Any:
+        """The proxy's configuration (skopeo commands run once use it)."""
+        return self._proxy.config
 
     def get_descriptor(self, image: Any, descriptor: Any) -> BridgedBlob:
         """A sync reader of the blob, each read waiting on the loop."""

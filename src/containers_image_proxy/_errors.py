@@ -109,7 +109,19 @@ class RequestError(ProxyError):
 
 
 class ImageNotFoundError(RequestError):
-    """The image does not exist (placeholder until the not-found work lands)."""
+    """The image does not exist, as opposed to: it could not be looked at.
+
+    Raised by ``open_image`` (``open_image_optional`` returns None instead), ``list_tags``
+    and ``fetch_index``. ``reference`` is the image (or repository) asked for. What each
+    transport can tell apart is listed in docs/transports.md; an unreachable registry, a
+    refused login or a permission error stays a plain :class:`RequestError`.
+    """
+
+    def __init__(
+        self, method: str, message: str, error_code: Optional[str] = None, reference: str = ""
+    ) -> None:
+        super().__init__(method, message, error_code, retryable=False)
+        self.reference = reference
 
 
 class BlobVerificationError(ProxyError):

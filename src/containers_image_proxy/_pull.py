@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from ._catalog import fetch_raw_manifest, parse_raw_manifest
 from ._errors import ConfigurationError, ImageNotFoundError, ProxyError
 from ._layout import Layout
 from ._models import (
@@ -33,7 +34,6 @@ from ._models import (
     MEDIA_TYPE_OCI_MANIFEST,
     Descriptor,
     Digest,
-    ImageIndex,
     ImageManifest,
     Platform,
 )
@@ -233,6 +233,7 @@ class _Puller:
                         "OpenImage",
                         f"{ref} is a single image for {_show(have)},"
                         f" not for {_show_wanted(wanted)}",
+                        reference=str(ref),
                     )
             stored, raw = self.proxy.fetch_manifest_raw_oci(img)
             manifest = ImageManifest.from_bytes(raw)
@@ -376,17 +377,20 @@ def _pull_platforms(
     ref: ImageReference,
     wanted: Optional[list[tuple[str, str, Optional[str]]]],
 ) -> dict[str, Any]:
-    found = puller.proxy.fetch_index_raw(ref)
+    # the index as stored, with its bytes: "all" writes them unchanged
+    raw_index = fetch_raw_manifest(puller.proxy.config, ref)
+    found = parse_raw_manifest(raw_index)
     if found is None:
         # a single-manifest image: it is all the platforms it has
         return puller.pull_image(ref, wanted=wanted)
-    index_digest, raw_index = found
-    index = ImageIndex.from_bytes(raw_index)
+    index_digest, index = found
     chosen = [m for m in index.manifests if wanted is None or any(_matches(m, w) for w in wanted)]
     if not chosen:
         have = ", ".join(_show(m.platform) for m in index.manifests if m.platform) or "none"
         raise ImageNotFoundError(
-            "OpenImage", f"{ref} has no instance for {_show_wanted(wanted)} (it has: {have})"
+            "OpenImage",
+            f"{ref} has no instance for {_show_wanted(wanted)} (it has: {have})",
+            reference=str(ref),
         )
     results: dict[int, dict[str, Any]] = {}
 
