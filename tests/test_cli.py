@@ -239,7 +239,7 @@ def test_ls_long_and_json(layout_builder: LayoutBuilder) -> None:
     assert all(line.startswith("drwxr-xr-x") for line in long)
     entries = json.loads(ok(cli("ls", "--json", ref, "/usr/bin")))
     assert entries[0]["name"] == "tool" and entries[0]["size"] == 100
-    assert entries[0]["type"] == "file" and entries[0]["mode"] == "0644"
+    assert entries[0]["kind"] == "file" and entries[0]["mode"] == 0o644
     assert ok(cli("ls", ref, "/usr/share/doc/a")) == b""  # whited out in the upper layer
     assert ok(cli("ls", ref, "/usr/bin/tool")) == b"tool\n"  # a file lists itself
 

@@ -212,6 +212,13 @@ def _add_blob(p: argparse.ArgumentParser) -> None:
         help="write to FILE (replaced only once the blob is complete and verified)"
         " instead of standard output",
     )
+    p.add_argument(
+        "--size",
+        metavar="BYTES",
+        type=_count,
+        help="the blob's size, for a blob the OCI manifest does not name (the stored"
+        " config of a converted image) with a skopeo before 1.19, which needs it",
+    )
 
 
 def _add_cat(p: argparse.ArgumentParser) -> None:
@@ -274,10 +281,17 @@ COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
     ),
     (
         "config",
-        "the image config, byte for byte as the proxy returns it",
-        "Print IMAGE's configuration (OCI form) exactly as skopeo's proxy returns it;\n"
-        "for an artifact whose config is not an image config, the config blob itself.",
-        ("config oci:/srv/oci:app | jq .config.Env",),
+        "the image config, byte for byte as the proxy returns it (OCI form)",
+        "Print IMAGE's configuration (OCI form) exactly as skopeo's proxy returns it\n"
+        "(GetFullConfig); for an artifact whose config is not an image config, the config\n"
+        "blob itself. For an image skopeo converts (Docker schema 2 to OCI) this is the\n"
+        "converted config, whose bytes and digest differ from the stored blob; the stored\n"
+        "bytes are 'blob IMAGE CONFIG_DIGEST', with the digest the stored manifest names\n"
+        "(skopeo inspect --raw IMAGE | jq -r .config.digest).",
+        (
+            "config oci:/srv/oci:app | jq .config.Env",
+            "blob docker-archive:app.tar sha256:1a2b...  # the stored config",
+        ),
         _image,
     ),
     (
@@ -292,7 +306,10 @@ COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
         "one blob, verified, to a file or standard output",
         "Fetch one blob of IMAGE (a layer or the config) and check its size and digest.\n"
         "With -o the file appears only once the whole blob arrived and matched; on\n"
-        "standard output a mismatch is reported at the end (exit status 1).",
+        "standard output a mismatch is reported at the end (exit status 1). For an image\n"
+        "skopeo converts (Docker schema 2 to OCI), DIGEST may be the stored config's\n"
+        "(the stored bytes) or the converted one the OCI manifest names (the bytes\n"
+        "'config' prints).",
         ("blob oci:/srv/oci:app sha256:1a2b... -o layer.tar.gz",),
         _add_blob,
     ),
@@ -341,12 +358,18 @@ COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
     ),
 )
 
-_EXIT_STATUS = """\
-exit status:
-  0  success            2  usage error (bad option, argument or configuration)
-  1  failure            3  not found (the image, a blob, a path in the image)
-  130  interrupted (Ctrl-C)
-  'exists' exits 1 when the image does not exist and 4 when it cannot tell."""
+#: The exit statuses, as --help lists them (docs/cli.md has the same table).
+EXIT_STATUSES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "failure (registry, network, verification, skopeo, local files)"),
+    (2, "usage error (bad option, argument, reference or configuration)"),
+    (3, "not found (the image, a blob of it, a path in its filesystem)"),
+    (4, "'exists' only: it cannot tell (its 1 means \"does not exist\")"),
+    (130, "interrupted (SIGINT, Ctrl-C)"),
+    (143, "terminated (SIGTERM)"),
+)
+
+_EXIT_STATUS = "exit status:\n" + "\n".join(f"  {code:<5}{text}" for code, text in EXIT_STATUSES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,8 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_Formatter,
         )
         adder(p)
+        p.usage = _own_usage(p)
         _global_options(p, suppress=True)
     return parser
+
+
+def _own_usage(p: argparse.ArgumentParser) -> str:
+    """The usage line of a command from its own arguments, the global options summed up
+    (listed last in its help): the command's options are not lost among 17 others."""
+    formatter = p.formatter_class(prog=p.prog)
+    formatter.add_usage(None, p._actions, [], prefix="")
+    return formatter.format_help().strip() + " [GLOBAL OPTIONS]"
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
