@@ -144,7 +144,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _silence_stdout()
         except OSError:
             pass
-        print(f"{PROG}: {describe(e)}", file=sys.stderr)
+        message = describe(e)
+        if isinstance(e, Interrupted) and e.signum == signal.SIGTERM:
+            message = "terminated"
+        print(f"{PROG}: {message}", file=sys.stderr)
         sys.stderr.flush()
     finally:
         restore()
