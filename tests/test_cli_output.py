@@ -77,6 +77,15 @@ def test_config_of_a_converted_image_and_the_stored_blob(
     one_line_error(missing)
 
 
+def test_blob_size_must_agree_with_the_manifest(layouts: Layouts) -> None:
+    layer = layouts.small.layers[0]
+    ref = layouts.ref("small")
+    assert ok(cli("blob", ref, layer.digest, "--size", str(layer.size))) == layer.blob
+    wrong = cli("blob", ref, layer.digest, "--size", str(layer.size + 1))
+    assert wrong.returncode == 2
+    assert f"with {layer.size} bytes" in one_line_error(wrong)
+
+
 def test_config_help_says_it_is_converted() -> None:
     text = ok(cli("config", "--help", env={"COLUMNS": "100"})).decode()
     assert "GetFullConfig" in text

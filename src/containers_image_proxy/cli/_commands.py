@@ -325,12 +325,15 @@ def _open_blob(
             raise CliError(f"the converted config does not match {digest}")
         return io.BytesIO(data), len(data)
     size = _referenced_size(proxy, img, manifest, digest)
+    given: Optional[int] = ctx.args.size
     if size is not None:
+        if given is not None and given != size:
+            raise CliError(f"--size {given}: the image names {digest} with {size} bytes", USAGE)
         return proxy.get_blob(img, digest, size), size
     if not converted:
         raise not_found(f"blob {digest} is not referenced by {_ref(img)}")
     # perhaps the stored config, which only the stored manifest names
-    size = ctx.args.size
+    size = given
     try:
         if size is not None:
             return proxy.get_blob(img, digest, size), size

@@ -217,7 +217,8 @@ def _add_blob(p: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         type=_count,
         help="the blob's size, for a blob the OCI manifest does not name (the stored"
-        " config of a converted image) with a skopeo before 1.19, which needs it",
+        " config of a converted image) with a skopeo before 1.19, which needs it;"
+        " for a blob it names, it must agree",
     )
 
 
