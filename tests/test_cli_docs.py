@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from containers_image_proxy.cli._options import EXIT_STATUSES, build_parser
+from containers_image_proxy.cli._errors import EXIT_STATUSES
+from containers_image_proxy.cli._options import build_parser
 from test_cli_support import ROOT
 
 DOC = (ROOT / "docs" / "cli.md").read_text()

@@ -16,7 +16,7 @@ import sys
 from typing import IO, Any, Callable, NoReturn, Optional, Sequence
 
 from .._config import DEFAULT_MAX_METADATA_SIZE, ProxyConfig
-from ._errors import USAGE, CliError
+from ._errors import EXIT_STATUSES, USAGE, CliError
 
 PROG = "containers-image-proxy"
 
@@ -357,17 +357,6 @@ COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
         ("exists docker://quay.io/libpod/busybox:latest && echo yes",),
         _image,
     ),
-)
-
-#: The exit statuses, as --help lists them (docs/cli.md has the same table).
-EXIT_STATUSES: tuple[tuple[int, str], ...] = (
-    (0, "success"),
-    (1, "failure (registry, network, verification, skopeo, local files)"),
-    (2, "usage error (bad option, argument, reference or configuration)"),
-    (3, "not found (the image, a blob of it, a path in its filesystem)"),
-    (4, "'exists' only: it cannot tell (its 1 means \"does not exist\")"),
-    (130, "interrupted (SIGINT, Ctrl-C)"),
-    (143, "terminated (SIGTERM)"),
 )
 
 _EXIT_STATUS = "exit status:\n" + "\n".join(f"  {code:<5}{text}" for code, text in EXIT_STATUSES)
