@@ -191,13 +191,13 @@ def test_authfile_from_stdin_is_passed_to_skopeo(layouts: Layouts, tmp_path: Pat
 
 
 def test_help_for_every_command_has_an_example() -> None:
-    top = ok(cli("--help")).decode()
+    top = ok(cli("--help", env={"COLUMNS": "100"})).decode()
     for command in (
         "inspect", "manifest", "config", "layers", "blob", "cat", "ls", "unpack", "pull",
         "exists",
     ):  # fmt: skip
         assert command in top
-        text = ok(cli(command, "--help")).decode()
+        text = ok(cli(command, "--help", env={"COLUMNS": "100"})).decode()
         assert "example" in text and f"containers-image-proxy {command} " in text, command
         assert "--tls-verify" in text  # global options are accepted after the command too
     assert "exit status" in top

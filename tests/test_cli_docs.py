@@ -34,8 +34,27 @@ def section(title: str) -> str:
 def first_cells(text: str) -> list[str]:
     """The first cell of each row of the tables in ``text`` (header rows left out)."""
     rows = [line for line in text.splitlines() if line.startswith("|")]
-    cells = [row.split("|")[1].strip() for row in rows if not row.startswith("|---")]
+    # a pipe inside a cell is escaped (\|), as GitHub's and MkDocs' tables want it
+    cells = [
+        re.split(r"(?<!\\)\|", row)[1].strip().replace("\\|", "|")
+        for row in rows
+        if not row.startswith("|---")
+    ]
     return [c for c in cells if c not in ("command", "option", "status")]
+
+
+def split_synopsis(text: str) -> list[str]:
+    """``pull IMAGE DIR[:TAG] [-j N]`` -> ``["pull", "IMAGE", "DIR[:TAG]", "[-j N]"]``:
+    words split at spaces outside brackets (a metavar may hold brackets of its own)."""
+    words, word, depth = [], "", 0
+    for ch in text:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == " " and depth == 0:
+            words.append(word)
+            word = ""
+        else:
+            word += ch
+    return [w for w in [*words, word] if w]
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
@@ -68,14 +87,16 @@ def test_the_command_table_is_the_parser() -> None:
         synopsis = documented[name]
         own = own_actions(p)
         positionals = [a for a in own if not a.option_strings]
+        words = split_synopsis(synopsis)[1:]
         # the arguments, in order (an optional one in brackets)
-        want = " ".join(f"[{a.metavar}]" if a.nargs == "?" else str(a.metavar) for a in positionals)
-        got = re.sub(r" ?\[-[^\]]*\]", "", synopsis).split(" ", 1)[1]
-        assert got == want, name
+        want = [f"[{a.metavar}]" if a.nargs == "?" else str(a.metavar) for a in positionals]
+        assert [w for w in words if not w.startswith("[-")] == want, name
         # the options, each with its metavar, and no other
-        shown = {
-            m.group(1): m.group(2) for m in re.finditer(r"\[(-[\w-]+)(?: ([^\]]+))?\]", synopsis)
-        }
+        shown: dict[str, object] = {}
+        for w in words:
+            if w.startswith("[-"):
+                option, _, metavar = w[1:-1].partition(" ")
+                shown[option] = metavar or None
         options = [a for a in own if a.option_strings]
         for action in options:
             (name_shown,) = set(action.option_strings) & set(shown)
