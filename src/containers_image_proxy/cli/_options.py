@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _own_usage(p: argparse.ArgumentParser) -> str:
     """The usage line of a command from its own arguments, the global options summed up
-    (listed last in its help): the command's options are not lost among 17 others."""
+    (listed last in its help): the command's options are not lost among the global ones."""
     formatter = p.formatter_class(prog=p.prog)
     formatter.add_usage(None, p._actions, [], prefix="")
     return formatter.format_help().strip() + " [GLOBAL OPTIONS]"
