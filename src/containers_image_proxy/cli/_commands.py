@@ -18,9 +18,9 @@ import stat
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Tuple
 
-from .. import Feature
+from .. import Feature, RequestError
 from .._config import ProxyConfig
-from .._errors import ConfigurationError, ProxyError, RequestError
+from .._errors import ConfigurationError, ProxyError
 from .._models import (
     MEDIA_TYPE_DOCKER_CONFIG,
     MEDIA_TYPE_OCI_CONFIG,
