@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import stat
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Tuple
 
+from .. import Feature, RequestError
 from .._config import ProxyConfig
 from .._errors import ConfigurationError, ProxyError
 from .._models import (
@@ -30,7 +32,7 @@ from .._models import (
 from .._operations import OpenedImage
 from .._protocol import decode_json
 from .._sync import ImageProxy
-from ._errors import FAILURE, OK, USAGE, CliError, not_found
+from ._errors import FAILURE, NOT_FOUND, OK, USAGE, CliError, exit_code, not_found
 from ._files import AtomicFile, copy_stream, destination_directory
 from ._progress import CountingReader, Reporter, total_task
 from ._quoting import shell_escape
@@ -65,6 +67,13 @@ class Context:
         """A string from the image as it may reach the output: on a terminal, quoted the
         way ``ls`` quotes file names (control characters cannot act); elsewhere exact."""
         return shell_escape(text) if self.terminal else text
+
+    def write_document(self, data: bytes) -> None:
+        """Write a manifest or config: exact bytes, plus a final newline on a terminal (as
+        ``jq`` ends its output) so that the prompt does not follow the closing brace."""
+        self.out.write(data)
+        if self.terminal and not data.endswith(b"\n"):
+            self.out.write(b"\n")
 
     def print_json(self, value: Any) -> None:
         """Write a JSON document, indented, on its own lines.
@@ -239,7 +248,7 @@ def cmd_manifest(ctx: Context) -> int:
     """The manifest bytes as the proxy returns them."""
     with opened(ctx) as (proxy, img):
         _, raw = proxy.fetch_manifest_raw_oci(img)
-    ctx.write(raw)
+    ctx.write_document(raw)
     return OK
 
 
@@ -253,7 +262,7 @@ def cmd_config(ctx: Context) -> int:
         else:
             with proxy.get_descriptor(img, manifest.config) as blob:
                 data = blob.read()
-    ctx.write(data)
+    ctx.write_document(data)
     return OK
 
 
@@ -274,23 +283,72 @@ def cmd_layers(ctx: Context) -> int:
 # --- blob ------------------------------------------------------------------------------
 
 
-def _blob_size(proxy: ImageProxy, img: OpenedImage, digest: Digest) -> int:
-    """The size of a blob the image references (layers as copied, manifest layers, config)."""
-    _, raw = proxy.fetch_manifest_raw_oci(img)
-    manifest = parse_manifest(raw)
-    candidates = [manifest.config, *manifest.layers]
-    for desc in candidates:
+def _referenced_size(
+    proxy: ImageProxy, img: OpenedImage, manifest: ImageManifest, digest: Digest
+) -> Optional[int]:
+    """The size of a blob the image's OCI manifest or layer list names, else None."""
+    for desc in (manifest.config, *manifest.layers):
         if desc.digest == digest:
             return desc.size
     for layer in layer_infos(proxy, img, manifest):
         if layer.digest == digest and layer.size >= 0:
             return layer.size
-    raise not_found(f"blob {digest} is not referenced by {_ref(img)}")
+    return None
 
 
 def _ref(img: OpenedImage) -> str:
     """The image's reference, for messages."""
     return str(img.reference)
+
+
+def _open_blob(
+    ctx: Context, proxy: ImageProxy, img: OpenedImage, digest: Digest
+) -> Tuple[Any, Optional[int]]:
+    """A verified reader of the blob ``digest`` of the image, and its size (None: unknown).
+
+    For an image skopeo converts (Docker schema 2 to OCI: the manifest it returns is not
+    the stored one), two configs exist: the converted one, which the OCI manifest names
+    and no source stores (taken from GetFullConfig and checked here), and the stored one,
+    which only the stored manifest names (fetched without a size from GetRawBlob, or with
+    ``--size`` on older skopeo).
+    """
+    stored_digest, raw = proxy.fetch_manifest_raw_oci(img)
+    manifest = parse_manifest(raw)
+    converted = Digest.of(raw, stored_digest.algorithm) != stored_digest
+    if (
+        converted
+        and digest == manifest.config.digest
+        and manifest.config.media_type in IMAGE_CONFIG_TYPES
+    ):
+        data = proxy.fetch_config_raw(img)
+        if Digest.of(data, digest.algorithm) != digest:
+            raise CliError(f"the converted config does not match {digest}")
+        return io.BytesIO(data), len(data)
+    size = _referenced_size(proxy, img, manifest, digest)
+    given: Optional[int] = ctx.args.size
+    if size is not None:
+        if given is not None and given != size:
+            raise CliError(f"--size {given}: the image names {digest} with {size} bytes", USAGE)
+        return proxy.get_blob(img, digest, size), size
+    if not converted:
+        raise not_found(f"blob {digest} is not referenced by {_ref(img)}")
+    # perhaps the stored config, which only the stored manifest names
+    size = given
+    try:
+        if size is not None:
+            return proxy.get_blob(img, digest, size), size
+        if proxy.supports(Feature.RAW_BLOB):
+            return proxy.get_raw_blob(img, digest, verify=True), None
+    except RequestError as e:
+        if exit_code(e) == NOT_FOUND or "unknown blob" in e.message.lower():
+            raise not_found(f"blob {digest} is not in {_ref(img)}") from None
+        raise
+    raise CliError(
+        f"blob {digest} is not named by the OCI manifest skopeo converted {_ref(img)} to;"
+        " if it is the stored config, give its size (--size, from the stored manifest:"
+        " skopeo inspect --raw): this skopeo needs it",
+        USAGE,
+    )
 
 
 def cmd_blob(ctx: Context) -> int:
@@ -303,9 +361,9 @@ def cmd_blob(ctx: Context) -> int:
     if output == "-":
         output = None
     with opened(ctx) as (proxy, img):
-        size = _blob_size(proxy, img, digest)
+        reader, size = _open_blob(ctx, proxy, img, digest)
         task = ctx.reporter.task(short_digest(digest), size)
-        with proxy.get_blob(img, digest, size) as reader:
+        with reader:
             if output is None:
                 copy_stream(CountingReader(reader, task), ctx.write)
             else:

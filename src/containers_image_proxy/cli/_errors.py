@@ -27,6 +27,19 @@ NOT_FOUND = 3
 EXISTS_FAILURE = 4
 #: What shells report for a command killed by SIGINT (128 + 2).
 INTERRUPTED = 130
+#: SIGTERM (128 + 15): the tool cleans up as for SIGINT and exits with this.
+TERMINATED = 143
+
+#: Every exit status, as --help lists them (docs/cli.md has the same table; a test checks).
+EXIT_STATUSES: tuple[tuple[int, str], ...] = (
+    (OK, "success"),
+    (FAILURE, "failure (registry, network, verification, skopeo, local files)"),
+    (USAGE, "usage error (bad option, argument, reference or configuration)"),
+    (NOT_FOUND, "not found (the image, a blob of it, a path in its filesystem)"),
+    (EXISTS_FAILURE, "'exists' only: it cannot tell (its 1 means \"does not exist\")"),
+    (INTERRUPTED, "interrupted (SIGINT, Ctrl-C)"),
+    (TERMINATED, "terminated (SIGTERM)"),
+)
 
 
 class CliError(Exception):

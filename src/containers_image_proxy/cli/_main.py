@@ -38,7 +38,8 @@ from ._errors import (
     describe,
     exit_code,
 )
-from ._options import PROG, build_parser, config_from_args, normalize_argv
+from ._globals import config_from_args
+from ._options import PROG, build_parser, normalize_argv
 from ._progress import make_reporter
 from ._pull import cmd_pull
 
@@ -147,7 +148,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _silence_stdout()
         except OSError:
             pass
-        print(f"{PROG}: {describe(e)}", file=sys.stderr)
+        message = describe(e)
+        if isinstance(e, Interrupted) and e.signum == signal.SIGTERM:
+            message = "terminated"
+        print(f"{PROG}: {message}", file=sys.stderr)
         sys.stderr.flush()
     finally:
         restore()
