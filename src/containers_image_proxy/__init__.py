@@ -41,7 +41,9 @@ from ._models import (
 )
 from ._operations import OpenedImage
 from ._pool import PoolShutdownError, ProxyPool
+from ._progress import TransferProgress
 from ._protocol import Feature
+from ._pull import pull, pull_async
 from ._reference import ImageReference
 from ._sync import ImageProxy
 from ._sync_reader import BlobReader
@@ -93,7 +95,10 @@ __all__ = [
     "RootFS",
     "RuntimeConfig",
     "SkopeoNotFoundError",
+    "TransferProgress",
     "UnsafeLayerError",
+    "pull",
+    "pull_async",
     "read_file",
     "read_file_async",
     "unpack",

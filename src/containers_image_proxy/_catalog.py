@@ -160,14 +160,19 @@ def _index_command(reference: Union[str, ImageReference]) -> Tuple[ImageReferenc
     return ref, ("inspect", "--raw", str(ref))
 
 
-def fetch_index(config: ProxyConfig, reference: Union[str, ImageReference]) -> IndexResult:
-    """The index of ``reference`` as stored (see :meth:`ImageProxy.fetch_index`)."""
+def fetch_raw_manifest(config: ProxyConfig, reference: Union[str, ImageReference]) -> bytes:
+    """The top-level manifest of ``reference`` as stored: an index or manifest list for a
+    multi-platform image (``skopeo inspect --raw`` with the proxy's configuration)."""
     ref, command = _index_command(reference)
     try:
-        raw = run_skopeo(config, command, "inspect")
+        return run_skopeo(config, command, "inspect")
     except RequestError as e:
         raise _skopeo_failure(e, ref) from None
-    return parse_raw_manifest(raw)
+
+
+def fetch_index(config: ProxyConfig, reference: Union[str, ImageReference]) -> IndexResult:
+    """The index of ``reference`` as stored (see :meth:`ImageProxy.fetch_index`)."""
+    return parse_raw_manifest(fetch_raw_manifest(config, reference))
 
 
 async def fetch_index_async(
@@ -186,6 +191,7 @@ __all__ = [
     "REF_NAME",
     "fetch_index",
     "fetch_index_async",
+    "fetch_raw_manifest",
     "layout_tags",
     "list_tags",
     "list_tags_async",

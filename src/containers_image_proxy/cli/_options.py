@@ -109,6 +109,13 @@ def _add_pull(p: argparse.ArgumentParser) -> None:
         default=4,
         help="blobs fetched at once (default: 4)",
     )
+    p.add_argument(
+        "--platform",
+        metavar="all|OS/ARCH[/VARIANT][,...]",
+        help="instances of a multi-platform image to pull: 'all' keeps the index as"
+        " stored, a list gets an index of its own (default: the one the proxy selects,"
+        " see --override-arch); needs a docker:// IMAGE",
+    )
 
 
 # Each command: (name, summary, description, example lines, arguments adder).
