@@ -261,7 +261,18 @@ class AsyncBlobReader(streaming.StreamInfo):
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await self.read(READ_CHUNK)
+        """The next READ_CHUNK bytes (fewer only at the end), as the sync reader gives."""
+        buf = bytearray(READ_CHUNK)
+        filled = 0
+        with memoryview(buf) as view:
+            while filled < len(view):
+                with view[filled:] as rest:
+                    got = await self.readinto(rest)
+                if not got:
+                    break
+                filled += got
+        del buf[filled:]
+        chunk = bytes(buf)
         if not chunk:
             raise StopAsyncIteration
         return chunk

@@ -13,6 +13,7 @@ inside the action, so an abandoned generator cannot leak one.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from typing import (
@@ -157,13 +158,20 @@ class OpenedImage:
         state = " closed" if self._closed else ""
         return f"<OpenedImage {self.image_id} {self.reference}{state}>"
 
+    def _closes_asynchronously(self) -> bool:
+        return inspect.iscoroutinefunction(self._owner.close_image)
+
     def __enter__(self) -> OpenedImage:
+        if self._closes_asynchronously():
+            raise TypeError(f"{self!r} belongs to an asyncio proxy: use 'async with', not 'with'")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._owner.close_image(self)
 
     async def __aenter__(self) -> OpenedImage:
+        if not self._closes_asynchronously():
+            raise TypeError(f"{self!r} belongs to a sync proxy: use a plain 'with'")
         return self
 
     async def __aexit__(self, *exc: object) -> None:

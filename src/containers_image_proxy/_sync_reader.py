@@ -248,6 +248,23 @@ class BlobReader(streaming.StreamInfo, io.BufferedIOBase):
         self._ends.close()
         super().close()
 
+    def __iter__(self) -> BlobReader:
+        return self
+
+    def __next__(self) -> bytes:
+        """The next READ_CHUNK bytes (fewer only at the end), as the asyncio reader gives."""
+        chunk = self.read(READ_CHUNK)
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # while an error unwinds, close without verifying: its failure would mask the error
+        if exc_type is None:
+            self.close()
+        else:
+            self.close_quietly()
+
     def __del__(self) -> None:
         # no request from a finalizer: only make sure the descriptors do not leak
         ends = getattr(self, "_ends", None)

@@ -11,6 +11,8 @@ Fixtures:
   layout. Read-only: a test that damages blobs builds its own layout (``layout_builder``).
 - ``layout_builder`` (function): a :class:`~testbed.images.LayoutBuilder` on a fresh
   directory.
+- ``front`` (function): ``"sync"`` or ``"async"``; a test using it runs on both front ends
+  (open the proxy with :func:`testbed.fronts.open_proxy`).
 
 At the end, the terminal summary counts passed/failed/skipped tests per skopeo release.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from .fronts import FRONTS
 from .images import LayoutBuilder, Layouts, build_standard_layout
 from .registry import Registry
 from .releases import RELEASES_ENV, SkopeoRelease, all_releases, available_releases
@@ -85,6 +88,12 @@ def layouts(tmp_path_factory: pytest.TempPathFactory) -> Layouts:
 @pytest.fixture
 def layout_builder(tmp_path: Path) -> LayoutBuilder:
     return LayoutBuilder(tmp_path / "oci")
+
+
+@pytest.fixture(params=FRONTS)
+def front(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 # --- Per-release summary -----------------------------------------------------------------

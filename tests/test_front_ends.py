@@ -1,0 +1,122 @@
+"""Both front ends, one test body: the behaviours they must share (see testbed.fronts)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+from typing import Any
+
+import pytest
+
+from containers_image_proxy import AsyncImageProxy, BlobVerificationError, ImageProxy, ProxyConfig
+from containers_image_proxy._transport import READ_CHUNK
+from testbed.fronts import open_proxy
+from testbed.images import LayoutBuilder, Layouts, corrupt_blob, random_layer
+
+pytestmark = pytest.mark.integration
+
+
+class Unwinding(Exception):
+    """The caller's own error, raised inside a ``with`` block."""
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+class _no_warning:
+    """Fails if a warning (a never-awaited coroutine, say) is issued inside the block."""
+
+    def __enter__(self) -> None:
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc: object) -> None:
+        gc.collect()
+        self._catcher.__exit__(*exc)
+        assert [str(w.message) for w in self._caught] == []
+
+
+def test_plain_with_on_an_async_image_says_async_with(
+    config: ProxyConfig, layouts: Layouts, no_leaks: None
+) -> None:
+    async def main() -> None:
+        async with AsyncImageProxy(config) as proxy:
+            img = await proxy.open_image(layouts.ref("small"))
+            with pytest.raises(TypeError, match="async with"):
+                with img:
+                    raise AssertionError("the body must not run")
+            assert not img.closed
+            async with img:
+                pass
+            assert img.closed
+
+    with _no_warning():
+        run(main())
+
+
+def test_async_with_on_a_sync_image_says_with(
+    config: ProxyConfig, layouts: Layouts, no_leaks: None
+) -> None:
+    async def main(proxy: ImageProxy) -> None:
+        img = proxy.open_image(layouts.ref("small"))
+        with pytest.raises(TypeError, match="plain .with."):
+            async with img:
+                raise AssertionError("the body must not run")
+        assert not img.closed
+        with img:
+            pass
+        assert img.closed
+
+    with ImageProxy(config) as proxy:
+        run(main(proxy))
+
+
+def test_leaving_a_reader_while_unwinding_keeps_the_callers_error(
+    front: str, config: ProxyConfig, layout_builder: LayoutBuilder, no_leaks: None
+) -> None:
+    """The reader holds every byte of a corrupted blob, so closing it would verify and fail:
+    leaving its ``with`` because of another error must let that error through, and a
+    clean exit must still report the verification failure."""
+    image = layout_builder.add_image("t", [random_layer(3, 300_000)], compression=None)
+    layer = image.layers[0]
+    corrupt_blob(layout_builder, layer.digest)
+
+    async def main() -> None:
+        async with open_proxy(front, config) as proxy:
+            async with await proxy.open_image(layout_builder.ref("t")) as img:
+                with pytest.raises(Unwinding):
+                    async with await proxy.get_blob(img, layer.digest, layer.size) as blob:
+                        assert len(await blob.read_exactly(layer.size)) == layer.size
+                        raise Unwinding()
+                with pytest.raises(BlobVerificationError):
+                    async with await proxy.get_blob(img, layer.digest, layer.size) as blob:
+                        assert len(await blob.read_exactly(layer.size)) == layer.size
+                # the proxy is still usable after both
+                assert (await proxy.fetch_manifest(img))[0] == image.manifest_digest
+
+    run(main())
+
+
+def test_iteration_yields_the_same_chunks(
+    front: str, config: ProxyConfig, layout_builder: LayoutBuilder, no_leaks: None
+) -> None:
+    """``for chunk in blob`` and ``async for chunk in blob``: whole READ_CHUNK pieces, the
+    last one shorter, whatever the pipe returns per read (and never lines)."""
+    data = random_layer(5, 2 * READ_CHUNK + 12345)
+    assert data.count(b"\n") > 100  # line iteration would show
+    image = layout_builder.add_image("t", [data], compression=None)
+    layer = image.layers[0]
+
+    async def main() -> None:
+        async with open_proxy(front, config) as proxy:
+            async with await proxy.open_image(layout_builder.ref("t")) as img:
+                blob = await proxy.get_blob(img, layer.digest, layer.size)
+                async with blob:
+                    chunks = [chunk async for chunk in blob.chunks()]
+        assert [len(c) for c in chunks] == [READ_CHUNK, READ_CHUNK, layer.size - 2 * READ_CHUNK]
+        assert b"".join(chunks) == layer.blob
+
+    run(main())
