@@ -25,8 +25,8 @@ from containers_image_proxy import (
     BlobVerificationError,
     ImageProxy,
     ProxyConfig,
-    _async_reader,
 )
+from containers_image_proxy._async import _backend as async_backend
 from containers_image_proxy._blobstream import BlobStream
 from testbed.images import ImageInfo, LayoutBuilder, corrupt_blob, random_layer
 from testbed.releases import SkopeoRelease
@@ -199,7 +199,7 @@ def test_async_cancelled_reads_lose_nothing(
     layer = image.layers[0]
     config = make_config(skopeo_release, retries=1)  # hashed here on every release
     hashed_while_cancelled = []
-    real_hash_off_loop: Callable[..., Any] = _async_reader._hash_off_loop
+    real_hash_off_loop: Callable[..., Any] = async_backend.hash_bytes
 
     async def slow_hash(stream: Any, data: memoryview) -> None:
         # make the hashing step slow enough for the timeout below to land inside it
@@ -211,7 +211,7 @@ def test_async_cancelled_reads_lose_nothing(
             raise
         await real_hash_off_loop(stream, data)
 
-    monkeypatch.setattr(_async_reader, "_hash_off_loop", slow_hash)
+    monkeypatch.setattr(async_backend, "hash_bytes", slow_hash)
 
     async def main() -> bytes:
         parts = []

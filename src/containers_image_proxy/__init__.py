@@ -9,9 +9,7 @@ credentials) for Python programs, streamed without storing the image first::
         digest, manifest = proxy.fetch_manifest(img)
 """
 
-from ._async import AsyncImageProxy
-from ._async_pool import AsyncProxyPool
-from ._async_reader import AsyncBlobReader
+from ._async import AsyncBlobReader, AsyncImageProxy, AsyncProxyPool
 from ._config import ProxyConfig
 from ._errors import (
     BlobVerificationError,
@@ -38,11 +36,10 @@ from ._models import (
     RuntimeConfig,
 )
 from ._operations import OpenedImage
-from ._pool import PoolShutdownError, ProxyPool
+from ._pooling import PoolShutdownError
 from ._protocol import Feature
 from ._reference import ImageReference
-from ._sync import ImageProxy
-from ._sync_reader import BlobReader
+from ._sync import BlobReader, ImageProxy, ProxyPool
 from .layers import (
     LayerDigestError,
     LayerFormatError,

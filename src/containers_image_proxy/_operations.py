@@ -1,37 +1,37 @@
 """What each client method does, written once for both front ends.
 
-Every public method is a generator here that *yields* I/O actions (:class:`Call`,
-:class:`CallPiped`, :class:`OpenStream`) and receives their results; the sync and asyncio
-front ends only know how to perform those three actions. Version gates, fallbacks between
-methods, emulation on old proxies and reply validation therefore live in one place. A
-:class:`~containers_image_proxy.ProxyError` raised while performing an action is thrown
-into the generator, so it can classify it (as :func:`open_image_optional` does).
-
-Actions never hand an fd to the generator: pipes are drained or wrapped by the front end
-inside the action, so an abandoned generator cannot leak one.
+Every public method is a generator here that *yields* I/O actions (``_actions``:
+:class:`Call`, :class:`CallPiped`, :class:`OpenStream`, :class:`Sleep`) and receives their
+results; the sync and asyncio front ends only know how to perform the actions. Version
+gates, fallbacks between methods, emulation on old proxies and reply validation therefore
+live in one place. A :class:`~containers_image_proxy.ProxyError` raised while performing an
+action is thrown into the generator, so it can classify it (as :func:`open_image_optional`
+does).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
 from typing import (
     Any,
     Awaitable,
     Callable,
-    Generator,
     List,
     Optional,
+    Protocol,
     Tuple,
+    Type,
     TypeVar,
     Union,
 )
 
+from ._actions import Action, Call, CallPiped, Op, OpenStream, Sleep, T
 from ._blobstream import StreamKind, StreamSpec
 from ._config import ProxyConfig
 from ._errors import ConfigurationError, ProtocolError, ProxyError, RequestError
-from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from ._models import Digest, ImageConfig, ImageManifest, LayerInfo
+from ._process import SkopeoProcess
 from ._protocol import (
     MAX_JSON_INT,
     Arg,
@@ -45,51 +45,10 @@ from ._protocol import (
     require_feature,
 )
 from ._reference import ImageReference, as_reference
+from ._streaming import backoff
 
 
-@dataclass(frozen=True)
-class Call:
-    """Send a request whose reply carries no fd; the result is the reply's value."""
-
-    method: str
-    args: Tuple[Arg, ...]
-
-
-@dataclass(frozen=True)
-class CallPiped:
-    """Send a request answered through a pipe; drain it while FinishPipe runs.
-
-    The result is ``(value, payload)``.
-    """
-
-    method: str
-    args: Tuple[Arg, ...]
-
-
-@dataclass(frozen=True)
-class OpenStream:
-    """Send a blob request and wrap its reply in the front end's reader."""
-
-    method: str
-    args: Tuple[Arg, ...]
-    spec: StreamSpec
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Wait before a retry (time.sleep or asyncio.sleep, as the front end does)."""
-
-    seconds: float
-
-
-Action = Union[Call, CallPiped, OpenStream, Sleep]
-Op = Generator[Action, Any, Any]
-
-
-A = TypeVar("A")
-
-
-def drive(op: Generator[A, Any, Any], perform: Callable[[A], Any]) -> Any:
+def drive(op: Op[T], perform: Callable[[Action], Any]) -> T:
     """Run an operation to its end, performing each action with ``perform`` (sync)."""
     result: Any = None
     error: Optional[ProxyError] = None
@@ -98,7 +57,8 @@ def drive(op: Generator[A, Any, Any], perform: Callable[[A], Any]) -> Any:
             try:
                 action = op.send(result) if error is None else op.throw(error)
             except StopIteration as stop:
-                return stop.value
+                value: T = stop.value
+                return value
             result, error = None, None
             try:
                 result = perform(action)
@@ -108,7 +68,7 @@ def drive(op: Generator[A, Any, Any], perform: Callable[[A], Any]) -> Any:
         op.close()
 
 
-async def drive_async(op: Generator[A, Any, Any], perform: Callable[[A], Awaitable[Any]]) -> Any:
+async def drive_async(op: Op[T], perform: Callable[[Action], Awaitable[Any]]) -> T:
     """Run an operation to its end, awaiting ``perform`` for each action (asyncio)."""
     result: Any = None
     error: Optional[ProxyError] = None
@@ -117,7 +77,8 @@ async def drive_async(op: Generator[A, Any, Any], perform: Callable[[A], Awaitab
             try:
                 action = op.send(result) if error is None else op.throw(error)
             except StopIteration as stop:
-                return stop.value
+                value: T = stop.value
+                return value
             result, error = None, None
             try:
                 result = await perform(action)
@@ -125,11 +86,6 @@ async def drive_async(op: Generator[A, Any, Any], perform: Callable[[A], Awaitab
                 error = e
     finally:
         op.close()
-
-
-def backoff(attempt: int) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based): 0.2, 0.4, 0.8 ... 5."""
-    return float(min(5.0, 0.2 * (2**attempt)))
 
 
 class OpenedImage:
@@ -214,11 +170,24 @@ class Session:
         return img.image_id
 
 
+class LinkState(Protocol):
+    """What a front end's connection tells without I/O (pools read it)."""
+
+    @property
+    def process(self) -> Optional[SkopeoProcess]:
+        """The skopeo process, once spawned."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection was closed or torn down."""
+
+
 class FrontEnd:
     """What the sync and asyncio proxies share that involves no I/O."""
 
     _config: ProxyConfig
     _session: Session
+    _link: LinkState
 
     @property
     def config(self) -> ProxyConfig:
@@ -238,7 +207,7 @@ class FrontEnd:
 # --- operations -----------------------------------------------------------------------
 
 
-def initialize(session: Session) -> Op:
+def initialize(session: Session) -> Op[str]:
     """Initialize, then the version gates that must hold before anything else is done."""
     version = parse_version((yield Call("Initialize", ())))
     check_minimum_version(version)
@@ -257,7 +226,7 @@ def _image_id(value: Any, method: str) -> int:
     return value
 
 
-def open_image(session: Session, reference: Union[str, ImageReference]) -> Op:
+def open_image(session: Session, reference: Union[str, ImageReference]) -> Op[int]:
     """OpenImage; the result is the image id."""
     ref = as_reference(reference)
     image_id = _image_id((yield Call("OpenImage", (str(ref),))), "OpenImage")
@@ -266,7 +235,9 @@ def open_image(session: Session, reference: Union[str, ImageReference]) -> Op:
     return image_id
 
 
-def open_image_optional(session: Session, reference: Union[str, ImageReference]) -> Op:
+def open_image_optional(
+    session: Session, reference: Union[str, ImageReference]
+) -> Op[Optional[int]]:
     """OpenImageOptional, or OpenImage with the not-found errors classified (before 0.2.4).
 
     The result is the image id, or None when the image does not exist. Errors that older
@@ -287,12 +258,12 @@ def open_image_optional(session: Session, reference: Union[str, ImageReference])
     return image_id or None
 
 
-def close_image(image_id: int) -> Op:
+def close_image(image_id: int) -> Op[None]:
     """CloseImage."""
     yield Call("CloseImage", (image_id,))
 
 
-def fetch_manifest_raw(image_id: int) -> Op:
+def fetch_manifest_raw(image_id: int) -> Op[Tuple[Digest, bytes]]:
     """GetManifest: ``(digest, bytes)``; the bytes are the OCI form of the chosen instance."""
     value, payload = yield CallPiped("GetManifest", (image_id,))
     if not isinstance(value, str):
@@ -304,25 +275,29 @@ def fetch_manifest_raw(image_id: int) -> Op:
     return digest, payload
 
 
-def fetch_manifest(image_id: int) -> Op:
+def fetch_manifest(image_id: int) -> Op[Tuple[Digest, ImageManifest]]:
     """GetManifest, parsed: ``(digest, ImageManifest)``."""
     digest, payload = yield from fetch_manifest_raw(image_id)
     return digest, _parse(ImageManifest, payload, "GetManifest")
 
 
-def fetch_config_raw(image_id: int) -> Op:
+def fetch_config_raw(image_id: int) -> Op[bytes]:
     """GetFullConfig: the OCI image config as bytes."""
+    payload: bytes
     _, payload = yield CallPiped("GetFullConfig", (image_id,))
     return payload
 
 
-def fetch_config(image_id: int) -> Op:
+def fetch_config(image_id: int) -> Op[ImageConfig]:
     """GetFullConfig, parsed."""
     payload = yield from fetch_config_raw(image_id)
     return _parse(ImageConfig, payload, "GetFullConfig")
 
 
-def _parse(model: Any, payload: bytes, method: str) -> Any:
+M = TypeVar("M", ImageManifest, ImageConfig)
+
+
+def _parse(model: Type[M], payload: bytes, method: str) -> M:
     try:
         return model.from_bytes(payload)
     except ConfigurationError as e:
@@ -342,7 +317,9 @@ def _layer_infos(value: Any, method: str) -> List[LayerInfo]:
 _COPY_LAYERS_DIFFER = frozenset({"containers-storage"})
 
 
-def get_layer_info(session: Session, image_id: int, reference: ImageReference) -> Op:
+def get_layer_info(
+    session: Session, image_id: int, reference: ImageReference
+) -> Op[List[LayerInfo]]:
     """The layers as they would be copied: GetLayerInfoPiped, GetLayerInfo, or the manifest."""
     if session.supports(Feature.LAYER_INFO_PIPED):
         _, payload = yield CallPiped("GetLayerInfoPiped", (image_id,))
@@ -372,7 +349,7 @@ def _size_arg(size: Any) -> int:
     return int(size)
 
 
-def get_blob(session: Session, image_id: int, digest: Union[str, Digest], size: int) -> Op:
+def get_blob(session: Session, image_id: int, digest: Union[str, Digest], size: int) -> Op[object]:
     """The best verified stream: GetRawBlob verified here (0.2.8), else GetBlob."""
     d = _digest_arg(digest)
     n = _size_arg(size)
@@ -387,22 +364,18 @@ def get_blob(session: Session, image_id: int, digest: Union[str, Digest], size: 
 
 def _open_with_retries(
     session: Session, method: str, args: Tuple[Arg, ...], spec: StreamSpec
-) -> Op:
+) -> Op[object]:
     retries = session.config.retries
     attempt = 0
     while True:
         try:
-            return (yield OpenStream(method, args, spec))
+            reader: object = yield OpenStream(method, args, spec)
+            return reader
         except RequestError as e:
             if not e.retryable or attempt >= retries:
                 raise
         yield Sleep(backoff(attempt))
         attempt += 1
-
-
-def get_descriptor(session: Session, image_id: int, descriptor: Descriptor) -> Op:
-    """:func:`get_blob` for a descriptor (or a :class:`LayerInfo`)."""
-    return (yield from get_blob(session, image_id, descriptor.digest, descriptor.size))
 
 
 def get_raw_blob(
@@ -411,18 +384,13 @@ def get_raw_blob(
     digest: Union[str, Digest],
     size: Optional[int],
     verify: bool,
-) -> Op:
+) -> Op[object]:
     """GetRawBlob as the proxy offers it (0.2.8), optionally verified here."""
     session.require(Feature.RAW_BLOB, "get_raw_blob")
     d = _digest_arg(digest)
     n = None if size is None else _size_arg(size)
     spec = StreamSpec(StreamKind.RAW, d, n, verify=verify)
     return (yield from _open_with_retries(session, "GetRawBlob", (image_id, str(d)), spec))
-
-
-def finish_pipe(pipe_id: int) -> Op:
-    """FinishPipe for a blob stream that was read to its end (or abandoned)."""
-    yield Call("FinishPipe", (pipe_id,))
 
 
 __all__ = [

@@ -14,14 +14,13 @@ stream, and a source that changed in between is a :class:`BlobVerificationError`
 from __future__ import annotations
 
 import fcntl
-from dataclasses import dataclass
-from typing import Any, Generator, Optional, Tuple, Union
+from typing import Optional, Tuple
 
+from ._actions import Discard, Op, ProxyGone, ReadAll, Reopen, Sleep, Submit, Wait
 from ._blobstream import BlobStream, StreamKind, StreamSpec
 from ._connection import Ticket
 from ._digest import Digest
 from ._errors import ProtocolError, RequestError
-from ._operations import Sleep, backoff
 from ._protocol import Arg, PipeReply, RawPipesReply, Reply, decode_raw_blob_error
 from ._transport import close_fds
 
@@ -31,58 +30,9 @@ from ._transport import close_fds
 PROBE_AFTER = 1.0
 
 
-@dataclass(frozen=True)
-class Submit:
-    """Send a request now; the result is its :class:`Ticket`."""
-
-    method: str
-    args: Tuple[Arg, ...]
-    exempt: bool = False
-    abandoned: bool = False
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Wait for a ticket's reply; the result is the reply (or its error is raised)."""
-
-    ticket: Ticket
-
-
-@dataclass(frozen=True)
-class ReadAll:
-    """Read a descriptor to EOF; the result is the bytes."""
-
-    fd: int
-    context: str
-
-
-@dataclass(frozen=True)
-class ProxyGone:
-    """Raise ProxyExitedError if skopeo exits within ``timeout`` seconds (else result None)."""
-
-    timeout: float
-    context: str
-
-
-@dataclass(frozen=True)
-class Reopen:
-    """Send the stream's request again; the result is the new reply."""
-
-    method: str
-    args: Tuple[Arg, ...]
-
-
-@dataclass(frozen=True)
-class Discard:
-    """Read exactly ``count`` bytes from ``fd`` into ``hasher``; the result is how many came."""
-
-    fd: int
-    count: int
-    hasher: Any
-
-
-StreamAction = Union[Submit, Wait, ReadAll, ProxyGone, Reopen, Discard, Sleep]
-StreamOp = Generator[StreamAction, Any, Any]
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based): 0.2, 0.4, 0.8 ... 5."""
+    return float(min(5.0, 0.2 * (2**attempt)))
 
 
 #: A pipe holds 64 KiB by default, so no read returns more: the per-read costs (a system
@@ -216,7 +166,7 @@ def _reply_fds(reply: Reply) -> Tuple[int, ...]:
     return ()
 
 
-def end_stream(ends: StreamEnds, retries: int) -> StreamOp:
+def end_stream(ends: StreamEnds, retries: int) -> Op[bool]:
     """Collect the stream's closing information and verify it.
 
     The result is True when the transfer was restarted (the reader reads on, from the new
@@ -262,7 +212,7 @@ def end_stream(ends: StreamEnds, retries: int) -> StreamOp:
     return False
 
 
-def abandon_stream(ends: StreamEnds) -> StreamOp:
+def abandon_stream(ends: StreamEnds) -> Op[None]:
     """Close a stream before its end: our ends first (the writer sees EPIPE), then release
     its pipe in the proxy without waiting for the answer."""
     ends.close()

@@ -1,0 +1,123 @@
+"""The I/O actions the sans-IO operations yield, and the front ends perform.
+
+An operation (``_operations``, ``_streaming``) is a generator of :data:`Action` values; it
+receives each action's result and returns its own: an ``Op[T]`` returns a ``T``. A front
+end performs every member of the :data:`Action` union; its dispatch ends with
+:func:`assert_never`, so mypy proves that no action is left unhandled.
+
+Actions never hand an fd to the generator: pipes are drained or wrapped by the front end
+inside the action, so an abandoned generator cannot leak one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Generator, NoReturn, Tuple, TypeVar, Union
+
+from ._blobstream import StreamSpec
+from ._connection import Ticket
+from ._protocol import Arg
+
+
+@dataclass(frozen=True)
+class Call:
+    """Send a request whose reply carries no fd; the result is the reply's JSON value."""
+
+    method: str
+    args: Tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class CallPiped:
+    """Send a request answered through a pipe; drain it while FinishPipe runs.
+
+    The result is ``(value, payload)``.
+    """
+
+    method: str
+    args: Tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    """Send a blob request and wrap its reply in the front end's reader (the result)."""
+
+    method: str
+    args: Tuple[Arg, ...]
+    spec: StreamSpec
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait before a retry (time.sleep or asyncio.sleep, as the front end does)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Send a request now; the result is its :class:`Ticket`."""
+
+    method: str
+    args: Tuple[Arg, ...]
+    exempt: bool = False
+    abandoned: bool = False
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait for a ticket's reply; the result is the reply (or its error is raised)."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True)
+class ReadAll:
+    """Read a descriptor to EOF; the result is the bytes."""
+
+    fd: int
+    context: str
+
+
+@dataclass(frozen=True)
+class ProxyGone:
+    """Raise ProxyExitedError if skopeo exits within ``timeout`` seconds (else result None)."""
+
+    timeout: float
+    context: str
+
+
+@dataclass(frozen=True)
+class Reopen:
+    """Send the stream's request again; the result is the new reply."""
+
+    method: str
+    args: Tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class Discard:
+    """Read exactly ``count`` bytes from ``fd`` into ``hasher``; the result is how many came."""
+
+    fd: int
+    count: int
+    hasher: hashlib._Hash
+
+
+Action = Union[
+    Call, CallPiped, OpenStream, Sleep, Submit, Wait, ReadAll, ProxyGone, Reopen, Discard
+]
+
+T = TypeVar("T")
+# What an operation receives for each action differs with the action (a JSON value, bytes,
+# a ticket, a reply, a reader): Any, and each operation checks what it receives.
+Op = Generator[Action, Any, T]
+
+
+def assert_never(value: NoReturn) -> NoReturn:
+    """Mark the end of an exhaustive dispatch: mypy fails if ``value`` can still be anything.
+
+    (typing.assert_never, which arrived in Python 3.11.)
+    """
+    raise TypeError(f"unhandled action {value!r}")
