@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Generator, NoReturn, Tuple, TypeVar, Union
+from typing import Any, Generator, NoReturn, Tuple, TypeVar, Union, cast
 
 from ._blobstream import StreamSpec
 from ._connection import Ticket
-from ._protocol import Arg
+from ._protocol import Arg, Reply
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,47 @@ Action = Union[
 ]
 
 T = TypeVar("T")
-# What an operation receives for each action differs with the action (a JSON value, bytes,
-# a ticket, a reply, a reader): Any, and each operation checks what it receives.
-Op = Generator[Action, Any, T]
+#: An operation returning ``T``. What it receives for an action depends on the action;
+#: operations take results through the typed helpers below, which say what each one is.
+Op = Generator[Action, object, T]
+
+#: A reply's value: arbitrary JSON, checked by whoever uses it.
+JSONValue = Any
+
+
+def call(method: str, args: Tuple[Arg, ...]) -> Op[JSONValue]:
+    """:class:`Call`; the reply's value."""
+    return (yield Call(method, args))
+
+
+def call_piped(method: str, args: Tuple[Arg, ...]) -> Op[Tuple[JSONValue, bytes]]:
+    """:class:`CallPiped`; the reply's value and the pipe's payload."""
+    return cast(Tuple[JSONValue, bytes], (yield CallPiped(method, args)))
+
+
+def open_stream(method: str, args: Tuple[Arg, ...], spec: StreamSpec) -> Op[object]:
+    """:class:`OpenStream`; the front end's reader (each front end checks its own type)."""
+    return (yield OpenStream(method, args, spec))
+
+
+def submit(method: str, args: Tuple[Arg, ...], abandoned: bool = False) -> Op[Ticket]:
+    """:class:`Submit`; the request's ticket."""
+    return cast(Ticket, (yield Submit(method, args, abandoned=abandoned)))
+
+
+def read_all(fd: int, context: str) -> Op[bytes]:
+    """:class:`ReadAll`; the bytes."""
+    return cast(bytes, (yield ReadAll(fd, context)))
+
+
+def reopen(method: str, args: Tuple[Arg, ...]) -> Op[Reply]:
+    """:class:`Reopen`; the new reply."""
+    return cast(Reply, (yield Reopen(method, args)))
+
+
+def discard(fd: int, count: int, hasher: hashlib._Hash) -> Op[int]:
+    """:class:`Discard`; how many bytes came."""
+    return cast(int, (yield Discard(fd, count, hasher)))
 
 
 def assert_never(value: NoReturn) -> NoReturn:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import json
 from typing import (
-    Any,
     Awaitable,
     Callable,
     List,
@@ -26,7 +25,19 @@ from typing import (
     Union,
 )
 
-from ._actions import Action, Call, CallPiped, Op, OpenStream, Sleep, T
+from ._actions import (
+    Action,
+    Call,
+    CallPiped,
+    JSONValue,
+    Op,
+    OpenStream,
+    Sleep,
+    T,
+    call,
+    call_piped,
+    open_stream,
+)
 from ._blobstream import StreamKind, StreamSpec
 from ._config import ProxyConfig
 from ._errors import ConfigurationError, ProtocolError, ProxyError, RequestError
@@ -48,9 +59,9 @@ from ._reference import ImageReference, as_reference
 from ._streaming import backoff
 
 
-def drive(op: Op[T], perform: Callable[[Action], Any]) -> T:
+def drive(op: Op[T], perform: Callable[[Action], object]) -> T:
     """Run an operation to its end, performing each action with ``perform`` (sync)."""
-    result: Any = None
+    result: object = None
     error: Optional[ProxyError] = None
     try:
         while True:
@@ -68,9 +79,9 @@ def drive(op: Op[T], perform: Callable[[Action], Any]) -> T:
         op.close()
 
 
-async def drive_async(op: Op[T], perform: Callable[[Action], Awaitable[Any]]) -> T:
+async def drive_async(op: Op[T], perform: Callable[[Action], Awaitable[object]]) -> T:
     """Run an operation to its end, awaiting ``perform`` for each action (asyncio)."""
-    result: Any = None
+    result: object = None
     error: Optional[ProxyError] = None
     try:
         while True:
@@ -88,6 +99,14 @@ async def drive_async(op: Op[T], perform: Callable[[Action], Awaitable[Any]]) ->
         op.close()
 
 
+class ImageOwner(Protocol):
+    """The proxy an image was opened by (sync: ``close_image`` returns None; asyncio: a
+    coroutine)."""
+
+    def close_image(self, img: OpenedImage) -> object:
+        """Release ``img`` in the proxy."""
+
+
 class OpenedImage:
     """An image opened in the proxy. Close it with ``close_image`` or use it as a context manager.
 
@@ -99,7 +118,7 @@ class OpenedImage:
 
     __slots__ = ("_closed", "_owner", "image_id", "reference")
 
-    def __init__(self, owner: Any, image_id: int, reference: ImageReference) -> None:
+    def __init__(self, owner: ImageOwner, image_id: int, reference: ImageReference) -> None:
         self._owner = owner
         self.image_id = image_id
         self.reference = reference
@@ -131,7 +150,9 @@ class OpenedImage:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._owner.close_image(self)
+        closing = self._owner.close_image(self)
+        assert inspect.isawaitable(closing)
+        await closing
 
 
 class Session:
@@ -159,7 +180,7 @@ class Session:
         assert self.version is not None
         require_feature(self.version, feature, what)
 
-    def check_image(self, owner: Any, img: OpenedImage) -> int:
+    def check_image(self, owner: object, img: OpenedImage) -> int:
         """The id of ``img`` after checking it belongs to this proxy and is still open."""
         if not isinstance(img, OpenedImage):
             raise ConfigurationError(f"expected an OpenedImage, got {type(img).__name__}")
@@ -209,7 +230,7 @@ class FrontEnd:
 
 def initialize(session: Session) -> Op[str]:
     """Initialize, then the version gates that must hold before anything else is done."""
-    version = parse_version((yield Call("Initialize", ())))
+    version = parse_version((yield from call("Initialize", ())))
     check_minimum_version(version)
     session.version = version
     if session.config.wants_policy_enforcement and not has_feature(
@@ -220,7 +241,7 @@ def initialize(session: Session) -> Op[str]:
     return format_version(version)
 
 
-def _image_id(value: Any, method: str) -> int:
+def _image_id(value: JSONValue, method: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_JSON_INT:
         raise ProtocolError(f"{method}: image id is not a non-negative integer: {value!r:.40}")
     return value
@@ -229,7 +250,7 @@ def _image_id(value: Any, method: str) -> int:
 def open_image(session: Session, reference: Union[str, ImageReference]) -> Op[int]:
     """OpenImage; the result is the image id."""
     ref = as_reference(reference)
-    image_id = _image_id((yield Call("OpenImage", (str(ref),))), "OpenImage")
+    image_id = _image_id((yield from call("OpenImage", (str(ref),))), "OpenImage")
     if image_id == 0:
         raise ProtocolError("OpenImage returned the not-found image id 0")
     return image_id
@@ -249,7 +270,7 @@ def open_image_optional(
     native = session.supports(Feature.OPEN_IMAGE_OPTIONAL)
     method = "OpenImageOptional" if native else "OpenImage"
     try:
-        value = yield Call(method, (str(ref),))
+        value = yield from call(method, (str(ref),))
     except RequestError as e:
         if is_not_found(e.message):
             return None
@@ -260,12 +281,12 @@ def open_image_optional(
 
 def close_image(image_id: int) -> Op[None]:
     """CloseImage."""
-    yield Call("CloseImage", (image_id,))
+    yield from call("CloseImage", (image_id,))
 
 
 def fetch_manifest_raw(image_id: int) -> Op[Tuple[Digest, bytes]]:
     """GetManifest: ``(digest, bytes)``; the bytes are the OCI form of the chosen instance."""
-    value, payload = yield CallPiped("GetManifest", (image_id,))
+    value, payload = yield from call_piped("GetManifest", (image_id,))
     if not isinstance(value, str):
         raise ProtocolError(f"GetManifest: digest is not a string: {value!r:.40}")
     try:
@@ -283,8 +304,7 @@ def fetch_manifest(image_id: int) -> Op[Tuple[Digest, ImageManifest]]:
 
 def fetch_config_raw(image_id: int) -> Op[bytes]:
     """GetFullConfig: the OCI image config as bytes."""
-    payload: bytes
-    _, payload = yield CallPiped("GetFullConfig", (image_id,))
+    _, payload = yield from call_piped("GetFullConfig", (image_id,))
     return payload
 
 
@@ -304,7 +324,7 @@ def _parse(model: Type[M], payload: bytes, method: str) -> M:
         raise ProtocolError(f"{method}: {e}") from None
 
 
-def _layer_infos(value: Any, method: str) -> List[LayerInfo]:
+def _layer_infos(value: JSONValue, method: str) -> List[LayerInfo]:
     if not isinstance(value, list):
         raise ProtocolError(f"{method}: layer info is not a list")
     try:
@@ -322,14 +342,14 @@ def get_layer_info(
 ) -> Op[List[LayerInfo]]:
     """The layers as they would be copied: GetLayerInfoPiped, GetLayerInfo, or the manifest."""
     if session.supports(Feature.LAYER_INFO_PIPED):
-        _, payload = yield CallPiped("GetLayerInfoPiped", (image_id,))
+        _, payload = yield from call_piped("GetLayerInfoPiped", (image_id,))
         try:
             value = json.loads(payload)
         except ValueError as e:
             raise ProtocolError(f"GetLayerInfoPiped: payload is not JSON: {e}") from None
         return _layer_infos(value, "GetLayerInfoPiped")
     if session.supports(Feature.LAYER_INFO):
-        return _layer_infos((yield Call("GetLayerInfo", (image_id,))), "GetLayerInfo")
+        return _layer_infos((yield from call("GetLayerInfo", (image_id,))), "GetLayerInfo")
     if reference.transport in _COPY_LAYERS_DIFFER:
         # The manifest names compressed layers the store no longer has.
         session.require(Feature.LAYER_INFO, f"get_layer_info for {reference.transport}: images")
@@ -343,7 +363,7 @@ def _digest_arg(digest: Union[str, Digest]) -> Digest:
     return Digest.parse(digest)
 
 
-def _size_arg(size: Any) -> int:
+def _size_arg(size: object) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_JSON_INT:
         raise ConfigurationError(f"size must be a non-negative integer, got {size!r:.40}")
     return int(size)
@@ -369,8 +389,7 @@ def _open_with_retries(
     attempt = 0
     while True:
         try:
-            reader: object = yield OpenStream(method, args, spec)
-            return reader
+            return (yield from open_stream(method, args, spec))
         except RequestError as e:
             if not e.retryable or attempt >= retries:
                 raise

@@ -128,7 +128,7 @@ class Members(Generic[P]):
     def owner(self, img: OpenedImage) -> P:
         if not isinstance(img, OpenedImage):
             raise ConfigurationError(f"expected an OpenedImage, got {type(img).__name__}")
-        owner = img._owner
+        owner: object = img._owner
         if owner not in self.known:
             raise ConfigurationError(f"{img!r} was not opened by this pool")
         return cast(P, owner)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fcntl
 from typing import Optional, Tuple
 
-from ._actions import Discard, Op, ProxyGone, ReadAll, Reopen, Sleep, Submit, Wait
+from ._actions import Op, ProxyGone, Sleep, Wait, discard, read_all, reopen, submit
 from ._blobstream import BlobStream, StreamKind, StreamSpec
 from ._connection import Ticket
 from ._digest import Digest
@@ -178,14 +178,14 @@ def end_stream(ends: StreamEnds, retries: int) -> Op[bool]:
         if stream.spec.kind is StreamKind.PIPE:
             ticket = ends.probe
             if ticket is None:
-                ticket = yield Submit("FinishPipe", (ends.pipe_id,))
+                ticket = yield from submit("FinishPipe", (ends.pipe_id,))
             try:
                 yield Wait(ticket)
             except RequestError as e:
                 error = e
             stream.finish_pipe_result(error)
         elif not stream.overflowed:
-            error = decode_raw_blob_error((yield ReadAll(ends.error_fd, ends.context())))
+            error = decode_raw_blob_error((yield from read_all(ends.error_fd, ends.context())))
             size = stream.size
             if error is None and size is not None and stream.received < size:
                 # short with no report: skopeo itself may have been killed mid-copy
@@ -202,10 +202,10 @@ def end_stream(ends: StreamEnds, retries: int) -> Op[bool]:
     ):
         yield Sleep(backoff(ends.retries_used))
         ends.retries_used += 1
-        reply = yield Reopen(ends.method, ends.args)
+        reply = yield from reopen(ends.method, ends.args)
         ends._adopt(reply, stream.spec)
         skip, check = stream.begin_resume()
-        skipped = (yield Discard(ends.data_fd, skip, check)) if skip else 0
+        skipped = (yield from discard(ends.data_fd, skip, check)) if skip else 0
         stream.check_prefix(check, skipped)
         return True
     stream.check()
@@ -220,7 +220,7 @@ def abandon_stream(ends: StreamEnds) -> Op[None]:
         if ends.probe is not None:
             ends.probe.abandoned = True
         else:
-            yield Submit("FinishPipe", (ends.pipe_id,), abandoned=True)
+            yield from submit("FinishPipe", (ends.pipe_id,), abandoned=True)
 
 
 def first_wait(kind: StreamKind, probed: bool, stall_timeout: Optional[float]) -> Optional[float]:

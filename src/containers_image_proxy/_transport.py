@@ -11,7 +11,7 @@ import array
 import os
 import select
 import socket
-from typing import List, Tuple
+from typing import List, Protocol, Tuple
 
 from ._protocol import MAX_REPLY_SIZE
 from ._protocol import close_fds as close_fds  # one implementation, shared
@@ -26,6 +26,14 @@ _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 
 READ_CHUNK = 1024 * 1024
+
+
+class Writable(Protocol):
+    """A file ``copy_to`` can write to: its descriptor, after flushing its buffer."""
+
+    def fileno(self) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 def receive_reply(sock: socket.socket, buf: bytearray) -> Tuple[bytes, List[int], bool]:

@@ -27,7 +27,7 @@ import os
 import threading
 import weakref
 from typing import (
-    Any,
+    TYPE_CHECKING,
     Awaitable,
     Callable,
     ContextManager,
@@ -41,6 +41,9 @@ from typing import (
 )
 
 from .._blobstream import BlobStream
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 from .._config import ProxyConfig
 from .._connection import Connection, Ticket, release
 from .._errors import ProtocolError, ProxyClosedError, ProxyError, ProxyStalledError
@@ -397,13 +400,13 @@ class ReaderBase:
     def _mark_closed(self) -> None:
         self._closed = True
 
-    async def _read_once(self, b: Any) -> int:
+    async def _read_once(self, b: WriteableBuffer) -> int:
         raise NotImplementedError
 
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def readinto(self, b: Any) -> int:
+    async def readinto(self, b: WriteableBuffer) -> int:
         """Read once into a writable buffer; 0 at the end (after verification)."""
         return await self._read_once(b)
 

@@ -8,8 +8,9 @@ by threads in the sync front end.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 from .. import _operations as ops
 from .. import _streaming as streaming
@@ -18,6 +19,7 @@ from .._actions import (
     Call,
     CallPiped,
     Discard,
+    JSONValue,
     Op,
     OpenStream,
     ProxyGone,
@@ -132,7 +134,7 @@ class AsyncImageProxy(ops.FrontEnd):
     async def _run(self, op: Op[T]) -> T:
         return await ops.drive_async(op, self._perform)
 
-    async def _perform(self, action: Action) -> Any:
+    async def _perform(self, action: Action) -> object:
         link = self._link
         if isinstance(action, Call):
             reply = await self._call(action.method, action.args)
@@ -190,7 +192,7 @@ class AsyncImageProxy(ops.FrontEnd):
                 return b"".join(chunks)
             chunks.append(chunk)
 
-    async def _discard(self, fd: int, count: int, hasher: Any) -> int:
+    async def _discard(self, fd: int, count: int, hasher: hashlib._Hash) -> int:
         os.set_blocking(fd, False)
         buf = memoryview(bytearray(min(count, READ_CHUNK)))
         done = 0
@@ -206,7 +208,7 @@ class AsyncImageProxy(ops.FrontEnd):
             done += got
         return done
 
-    async def _call_piped(self, method: str, args: Tuple[Arg, ...]) -> Tuple[Any, bytes]:
+    async def _call_piped(self, method: str, args: Tuple[Arg, ...]) -> Tuple[JSONValue, bytes]:
         reply = await self._call(method, args)
         assert isinstance(reply, PipeReply)
         try:

@@ -8,15 +8,17 @@ whether a bulk copy pauses, and the read methods each kind of caller expects).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 from .. import _pipeline as pipeline
 from .. import _streaming as streaming
 from .._errors import ProxyError
-from .._transport import READ_CHUNK, write_all
+from .._transport import READ_CHUNK, Writable, write_all
 from . import _backend as backend
 
 if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
     from .proxy import AsyncImageProxy
 
 # Every memoryview of the caller's buffer is released before returning or raising: a view
@@ -96,7 +98,7 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
                         raise
         return 0 if self._stream.overflowed else got
 
-    async def _read_once(self, b: Any) -> int:
+    async def _read_once(self, b: WriteableBuffer) -> int:
         """Read once into a writable buffer; 0 at the end (after verification)."""
         if self.closed:
             raise ValueError("read from a closed AsyncBlobReader")
@@ -115,7 +117,7 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
                 await self._end()  # size reached, EOF, or too much data
         return self._verified_end()
 
-    async def _fill(self, b: Any) -> int:
+    async def _fill(self, b: WriteableBuffer) -> int:
         """Fill ``b`` unless the blob ends first."""
         with memoryview(b) as mv, mv.cast("B") as view:
             filled = 0
@@ -139,7 +141,7 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
         del buf[n:]
         return bytes(buf)
 
-    async def copy_to(self, dest: Union[int, Any]) -> int:
+    async def copy_to(self, dest: Union[int, Writable]) -> int:
         """Copy the rest of the blob to ``dest`` (an fd or a file with ``fileno()``); returns
         the bytes copied, after verification.
 

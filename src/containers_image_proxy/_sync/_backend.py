@@ -27,9 +27,12 @@ import select
 import threading
 import time
 import weakref
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from .._blobstream import BlobStream
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 from .._config import ProxyConfig
 from .._connection import Connection, Ticket
 from .._errors import ProtocolError, ProxyClosedError, ProxyError, ProxyStalledError
@@ -301,20 +304,20 @@ class ReaderBase(io.BufferedIOBase):
     def _mark_closed(self) -> None:
         io.BufferedIOBase.close(self)
 
-    def _read_once(self, b: Any) -> int:
+    def _read_once(self, b: WriteableBuffer) -> int:
         raise NotImplementedError
 
-    def _fill(self, b: Any) -> int:
+    def _fill(self, b: WriteableBuffer) -> int:
         raise NotImplementedError
 
     def readable(self) -> bool:
         return True
 
-    def readinto1(self, b: Any) -> int:
+    def readinto1(self, b: WriteableBuffer) -> int:
         """Read once from the pipe into ``b``; 0 at the end (after verification)."""
         return self._read_once(b)
 
-    def readinto(self, b: Any) -> int:
+    def readinto(self, b: WriteableBuffer) -> int:
         """Fill ``b`` unless the blob ends first (file semantics: pipes return short reads)."""
         return self._fill(b)
 

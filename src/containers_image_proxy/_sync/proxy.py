@@ -10,8 +10,9 @@ by threads in the sync front end.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 from .. import _operations as ops
 from .. import _streaming as streaming
@@ -20,6 +21,7 @@ from .._actions import (
     Call,
     CallPiped,
     Discard,
+    JSONValue,
     Op,
     OpenStream,
     ProxyGone,
@@ -134,7 +136,7 @@ class ImageProxy(ops.FrontEnd):
     def _run(self, op: Op[T]) -> T:
         return ops.drive(op, self._perform)
 
-    def _perform(self, action: Action) -> Any:
+    def _perform(self, action: Action) -> object:
         link = self._link
         if isinstance(action, Call):
             reply = self._call(action.method, action.args)
@@ -192,7 +194,7 @@ class ImageProxy(ops.FrontEnd):
                 return b"".join(chunks)
             chunks.append(chunk)
 
-    def _discard(self, fd: int, count: int, hasher: Any) -> int:
+    def _discard(self, fd: int, count: int, hasher: hashlib._Hash) -> int:
         os.set_blocking(fd, False)
         buf = memoryview(bytearray(min(count, READ_CHUNK)))
         done = 0
@@ -208,7 +210,7 @@ class ImageProxy(ops.FrontEnd):
             done += got
         return done
 
-    def _call_piped(self, method: str, args: Tuple[Arg, ...]) -> Tuple[Any, bytes]:
+    def _call_piped(self, method: str, args: Tuple[Arg, ...]) -> Tuple[JSONValue, bytes]:
         reply = self._call(method, args)
         assert isinstance(reply, PipeReply)
         try:
