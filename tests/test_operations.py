@@ -4,7 +4,7 @@ a list of scripted results (no process)."""
 from __future__ import annotations
 
 import json
-from typing import Any, List, Tuple
+from typing import Any, Tuple
 
 import pytest
 
@@ -15,50 +15,33 @@ from containers_image_proxy import (
     ProxyTooOldError,
     RequestError,
 )
-from containers_image_proxy import _operations as ops
-from containers_image_proxy._blobstream import StreamKind
 from containers_image_proxy._config import build_command
+from containers_image_proxy._core import actions
+from containers_image_proxy._core import operations as ops
+from containers_image_proxy._core.session import Session
 from containers_image_proxy._models import Digest
 from containers_image_proxy._reference import ImageReference
+from containers_image_proxy._stream.state import StreamKind
+from testbed.script import Script
 
 DIGEST = "sha256:" + "ab" * 32
 
 
-class Script:
-    """Performs actions by popping scripted results; records what was asked."""
-
-    def __init__(self, *results: Any) -> None:
-        self.results = list(results)
-        self.actions: List[ops.Action] = []
-
-    def __call__(self, action: ops.Action) -> Any:
-        self.actions.append(action)
-        result = self.results.pop(0)
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def run(self, op: ops.Op) -> Any:
-        value = ops.drive(op, self)
-        assert not self.results, "unused scripted results"
-        return value
-
-
-def session(version: Tuple[int, int, int], **config: Any) -> ops.Session:
-    s = ops.Session(ProxyConfig(**config))
+def session(version: Tuple[int, int, int], **config: Any) -> Session:
+    s = Session(ProxyConfig(**config))
     s.version = version
     return s
 
 
 def test_initialize_sets_the_version() -> None:
-    s = ops.Session(ProxyConfig())
+    s = Session(ProxyConfig())
     assert Script("0.2.8").run(ops.initialize(s)) == "0.2.8"
     assert s.protocol_version == "0.2.8" and s.supports("GetRawBlob")
 
 
 def test_initialize_refuses_too_old() -> None:
     with pytest.raises(ProxyTooOldError):
-        Script("0.2.2").run(ops.initialize(ops.Session(ProxyConfig())))
+        Script("0.2.2").run(ops.initialize(Session(ProxyConfig())))
 
 
 @pytest.mark.parametrize(
@@ -66,16 +49,16 @@ def test_initialize_refuses_too_old() -> None:
 )
 def test_policy_on_old_proxy_fails_closed(config: Any) -> None:
     with pytest.raises(ProxyTooOldError, match="signature policy") as e:
-        Script("0.2.5").run(ops.initialize(ops.Session(ProxyConfig(**config))))
+        Script("0.2.5").run(ops.initialize(Session(ProxyConfig(**config))))
     assert e.value.required == "0.2.6"
-    Script("0.2.6").run(ops.initialize(ops.Session(ProxyConfig(**config))))
+    Script("0.2.6").run(ops.initialize(Session(ProxyConfig(**config))))
 
 
 def test_open_image_optional_native() -> None:
     s = session((0, 2, 8))
     script = Script(0)
     assert script.run(ops.open_image_optional(s, "docker://x/y:z")) is None
-    assert script.actions == [ops.Call("OpenImageOptional", ("docker://x/y:z",))]
+    assert script.actions == [actions.Call("OpenImageOptional", ("docker://x/y:z",))]
     assert Script(4).run(ops.open_image_optional(s, "docker://x/y:z")) == 4
 
 
@@ -157,13 +140,13 @@ def test_get_blob_picks_the_method_by_version() -> None:
     script = Script("reader")
     assert script.run(ops.get_blob(session((0, 2, 8)), 1, DIGEST, 10)) == "reader"
     (action,) = script.actions
-    assert isinstance(action, ops.OpenStream)
+    assert isinstance(action, actions.OpenStream)
     assert action.method == "GetRawBlob" and action.args == (1, DIGEST)
     assert action.spec.kind is StreamKind.RAW and action.spec.verify
     script = Script("reader")
     script.run(ops.get_blob(session((0, 2, 6)), 1, DIGEST, 10))
     (action,) = script.actions
-    assert isinstance(action, ops.OpenStream)
+    assert isinstance(action, actions.OpenStream)
     assert action.method == "GetBlob" and action.args == (1, DIGEST, 10)
     assert not action.spec.verify  # skopeo verifies GetBlob itself
 
@@ -192,7 +175,7 @@ def test_retries_only_retryable_errors_with_backoff() -> None:
     flaky = RequestError("GetRawBlob", "connection reset", "retryable", True)
     script = Script(flaky, None, flaky, None, "reader")
     assert script.run(ops.get_blob(s, 1, DIGEST, 10)) == "reader"
-    sleeps = [a.seconds for a in script.actions if isinstance(a, ops.Sleep)]
+    sleeps = [a.seconds for a in script.actions if isinstance(a, actions.Sleep)]
     assert sleeps == [0.2, 0.4]
     with pytest.raises(RequestError):
         Script(flaky, None, flaky, None, flaky).run(ops.get_blob(s, 1, DIGEST, 10))

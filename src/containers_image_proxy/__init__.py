@@ -11,6 +11,8 @@ credentials) for Python programs, streamed without storing the image first::
 
 from ._async import AsyncBlobReader, AsyncImageProxy, AsyncProxyPool
 from ._config import ProxyConfig
+from ._core.protocol import Feature
+from ._core.session import OpenedImage
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
@@ -35,9 +37,7 @@ from ._models import (
     RootFS,
     RuntimeConfig,
 )
-from ._operations import OpenedImage
 from ._pooling import PoolShutdownError
-from ._protocol import Feature
 from ._reference import ImageReference
 from ._sync import BlobReader, ImageProxy, ProxyPool
 from .layers import (

@@ -17,9 +17,9 @@ import weakref
 from typing import Generic, List, Optional, Sequence, Tuple, TypeVar, Union, cast
 
 from ._config import ProxyConfig
+from ._core.protocol import Feature
+from ._core.session import FrontEnd, OpenedImage
 from ._errors import ConfigurationError, ProxyClosedError, ProxyError
-from ._operations import FrontEnd, OpenedImage
-from ._protocol import Feature
 from ._transport import peer_closed
 
 DEFAULT_SIZE = 4

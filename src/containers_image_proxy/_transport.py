@@ -13,8 +13,8 @@ import select
 import socket
 from typing import List, Protocol, Tuple
 
-from ._protocol import MAX_REPLY_SIZE
-from ._protocol import close_fds as close_fds  # one implementation, shared
+from ._core.protocol import MAX_REPLY_SIZE
+from ._core.protocol import close_fds as close_fds  # one implementation, shared
 
 # Room for more fds than any reply may carry, so that extra ones are seen (and closed)
 # instead of being silently cut off by the kernel.

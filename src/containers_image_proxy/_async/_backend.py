@@ -4,7 +4,7 @@ The rest of ``_async`` is the source of the generated ``_sync`` package (scripts
 it calls these names, and ``_sync/_backend.py`` offers the same ones for threads:
 
 - :class:`Link`: one connection to skopeo. Requests are pipelined: each is sent at once and
-  its ticket queued (``_connection.Connection``); a reader callback on the socket resolves
+  its ticket queued (``_core.connection.Connection``); a reader callback on the socket resolves
   the tickets first in, first out. A task cancelled while waiting leaves its ticket queued,
   marked abandoned, so the reply stream never shifts; its reply is released when it comes.
 - :func:`wait_readable`: a loop reader on the descriptor (not ``poll``, which would block).
@@ -40,16 +40,16 @@ from typing import (
     TypeVar,
 )
 
-from .._blobstream import BlobStream
+from .._config import ProxyConfig
+from .._core.connection import Connection, Ticket, release
+from .._core.protocol import Arg, Reply, encode_request
+from .._errors import ProtocolError, ProxyClosedError, ProxyError, ProxyStalledError
+from .._process import SkopeoProcess
+from .._stream.state import BlobStream
+from .._transport import READ_CHUNK, new_receive_buffer, peer_closed, receive_reply
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
-from .._config import ProxyConfig
-from .._connection import Connection, Ticket, release
-from .._errors import ProtocolError, ProxyClosedError, ProxyError, ProxyStalledError
-from .._process import SkopeoProcess
-from .._protocol import Arg, Reply, encode_request
-from .._transport import READ_CHUNK, new_receive_buffer, peer_closed, receive_reply
 
 T = TypeVar("T")
 
@@ -342,7 +342,7 @@ class ReturnedBuffers:
 
 class Pacer:
     """No pause between the reads of a bulk copy here, unlike the sync front end
-    (``_streaming.Coalescer``): the loop's timers wait in whole milliseconds (epoll), long
+    (``_stream.copying.Coalescer``): the loop's timers wait in whole milliseconds (epoll), long
     enough for a 1 MiB pipe to fill and stall skopeo."""
 
     def __init__(self, pipe_size: int) -> None:

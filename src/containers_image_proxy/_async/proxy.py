@@ -1,5 +1,5 @@
 """The proxy of the asyncio front end, :class:`AsyncImageProxy`: it performs the actions
-of ``_operations``.
+of ``_core.operations``.
 
 ``_async/proxy.py`` is the source of ``_sync/proxy.py`` (scripts/unasync.py). The connection
 itself (``_backend.Link``) is what differs: pipelined over a loop reader in asyncio, shared
@@ -12,9 +12,9 @@ import hashlib
 import os
 from typing import List, Optional, Tuple, Union
 
-from .. import _operations as ops
-from .. import _streaming as streaming
-from .._actions import (
+from .._config import ProxyConfig
+from .._core import operations as ops
+from .._core.actions import (
     Action,
     Call,
     CallPiped,
@@ -30,9 +30,10 @@ from .._actions import (
     T,
     Wait,
     assert_never,
+    drive_async,
 )
-from .._blobstream import StreamSpec
-from .._config import ProxyConfig
+from .._core.protocol import Arg, PipeReply, Reply, ValueReply
+from .._core.session import FrontEnd, OpenedImage, Session
 from .._errors import (
     ProtocolError,
     ProxyError,
@@ -41,16 +42,16 @@ from .._errors import (
     unless_already_failing,
 )
 from .._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
-from .._operations import OpenedImage
 from .._process import SkopeoProcess
-from .._protocol import Arg, PipeReply, Reply, ValueReply
-from .._reference import ImageReference
+from .._reference import ImageReference, as_reference
+from .._stream import ends as streaming
+from .._stream.state import StreamSpec
 from .._transport import READ_CHUNK, close_fds
 from . import _backend as backend
 from .reader import AsyncBlobReader
 
 
-class AsyncImageProxy(ops.FrontEnd):
+class AsyncImageProxy(FrontEnd):
     """A skopeo image proxy; many tasks (or threads, for the sync one) may use it at once.
 
     Example::
@@ -68,7 +69,7 @@ class AsyncImageProxy(ops.FrontEnd):
 
     def __init__(self, config: Optional[ProxyConfig] = None) -> None:
         self._config = config if config is not None else ProxyConfig()
-        self._session = ops.Session(self._config)
+        self._session = Session(self._config)
         self._link = backend.Link(self._config)
         backend.start_in_init(self._start)
 
@@ -132,7 +133,7 @@ class AsyncImageProxy(ops.FrontEnd):
     # --- performing actions -------------------------------------------------------------
 
     async def _run(self, op: Op[T]) -> T:
-        return await ops.drive_async(op, self._perform)
+        return await drive_async(op, self._perform)
 
     async def _perform(self, action: Action) -> object:
         link = self._link
@@ -252,14 +253,14 @@ class AsyncImageProxy(ops.FrontEnd):
 
     async def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
         """Open an image, for example ``"docker://registry.example/app:1.0"``."""
-        ref = ops.as_reference(reference)
+        ref = as_reference(reference)
         return OpenedImage(self, await self._run(ops.open_image(self._session, ref)), ref)
 
     async def open_image_optional(
         self, reference: Union[str, ImageReference]
     ) -> Optional[OpenedImage]:
         """Open an image, or return None if it does not exist (emulated before 0.2.4)."""
-        ref = ops.as_reference(reference)
+        ref = as_reference(reference)
         image_id = await self._run(ops.open_image_optional(self._session, ref))
         return None if image_id is None else OpenedImage(self, image_id, ref)
 

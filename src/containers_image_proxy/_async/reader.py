@@ -8,21 +8,30 @@ whether a bulk copy pauses, and the read methods each kind of caller expects).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Protocol, Union
 
-from .. import _pipeline as pipeline
-from .. import _streaming as streaming
+from .._config import ProxyConfig
+from .._core.actions import Op, T
 from .._errors import ProxyError
+from .._stream import copying as pipeline
+from .._stream import ends as streaming
 from .._transport import READ_CHUNK, Writable, write_all
 from . import _backend as backend
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-    from .proxy import AsyncImageProxy
-
 # Every memoryview of the caller's buffer is released before returning or raising: a view
 # left alive (in a traceback, say) would stop the caller from resizing the buffer.
+
+
+class StreamOwner(Protocol):
+    """What a reader needs of the proxy it came from (which imports this module)."""
+
+    _config: ProxyConfig
+    _link: backend.Link
+
+    async def _run(self, op: Op[T]) -> T: ...
 
 
 class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
@@ -35,7 +44,7 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
     Iterating gives chunks of 1 MiB (the last one shorter).
     """
 
-    def __init__(self, proxy: AsyncImageProxy, ends: streaming.StreamEnds) -> None:
+    def __init__(self, proxy: StreamOwner, ends: streaming.StreamEnds) -> None:
         super().__init__()
         self._proxy = proxy
         self._ends = ends
@@ -164,7 +173,7 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
             size = self._stream.size
             buffers = pipeline.buffer_count(None if size is None else size - start)
             if buffers and self._stream.hashing:
-                await self._copy_pipelined(out, buffers)
+                await self._copy_with_helpers(out, buffers)
             else:
                 buf = bytearray(READ_CHUNK)
                 with memoryview(buf) as view:
@@ -194,8 +203,8 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
             except BlockingIOError:
                 await self._wait_data(fd)
 
-    async def _copy_pipelined(self, out: int, buffers: int) -> None:
-        """Read here while helper threads hash and write (see _pipeline)."""
+    async def _copy_with_helpers(self, out: int, buffers: int) -> None:
+        """Read here while helper threads hash and write (see _stream.copying)."""
         returned = backend.ReturnedBuffers()
         stages = pipeline.HashWritePipeline(out, self._stream.hash, returned.put, buffers)
         idle = list(stages.buffers)

@@ -4,14 +4,14 @@ The rest of ``_sync`` is generated from ``_async`` (scripts/unasync.py); it call
 names, which ``_async/_backend.py`` offers for the event loop:
 
 - :class:`Link`: one connection to skopeo, shared by threads. Requests from any thread are
-  queued and sent at once (``_connection.Connection`` keeps their order); whichever waiting
+  queued and sent at once (``_core.connection.Connection`` keeps their order); whichever waiting
   thread finds nobody receiving becomes the receiver and hands each reply to its ticket, so
   threads never wait on each other's requests more than the proxy itself makes them.
 - :func:`wait_readable`: ``poll``.
 - :func:`hash_bytes` and :data:`CANCELLED`: bytes are hashed on the reading thread, which
   nothing cancels.
 - :class:`ReturnedBuffers`: the copy's writer thread hands buffers back through a queue.
-- :class:`Pacer`: bulk copies pause while the pipe fills (``_streaming.Coalescer``).
+- :class:`Pacer`: bulk copies pause while the pipe fills (``_stream.copying.Coalescer``).
 - :func:`settle`, :func:`state_lock`, :func:`new_slot_lock`, :func:`start_in_init`: the pool
   starts and closes members on helper threads and guards its bookkeeping with locks.
 - :class:`ReaderBase`: the binary file object's methods (``read(n)`` fills, ``read1`` and
@@ -29,17 +29,17 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
-from .._blobstream import BlobStream
+from .._config import ProxyConfig
+from .._core.connection import Connection, Ticket
+from .._core.protocol import Arg, Reply, encode_request
+from .._errors import ProtocolError, ProxyClosedError, ProxyError, ProxyStalledError
+from .._process import SkopeoProcess
+from .._stream.copying import Coalescer
+from .._stream.state import BlobStream
+from .._transport import READ_CHUNK, new_receive_buffer, peer_closed, receive_reply
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
-from .._config import ProxyConfig
-from .._connection import Connection, Ticket
-from .._errors import ProtocolError, ProxyClosedError, ProxyError, ProxyStalledError
-from .._process import SkopeoProcess
-from .._protocol import Arg, Reply, encode_request
-from .._streaming import Coalescer
-from .._transport import READ_CHUNK, new_receive_buffer, peer_closed, receive_reply
 
 T = TypeVar("T")
 
@@ -251,7 +251,7 @@ class ReturnedBuffers:
 
 
 class Pacer:
-    """Pauses a bulk copy while the pipe fills (see ``_streaming.Coalescer``): fewer, larger
+    """Pauses a bulk copy while the pipe fills (see ``_stream.copying.Coalescer``): fewer, larger
     reads, and skopeo keeps its core."""
 
     def __init__(self, pipe_size: int) -> None:

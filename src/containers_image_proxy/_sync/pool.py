@@ -13,9 +13,9 @@ import functools
 from typing import List, Optional, Tuple, Union
 
 from .._config import ProxyConfig
+from .._core.session import OpenedImage
 from .._errors import ProxyClosedError, ProxyError, unless_already_failing
 from .._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
-from .._operations import OpenedImage
 from .._pooling import DEFAULT_SIZE, Members, PoolFront, raise_collected, usable
 from .._reference import ImageReference
 from . import _backend as backend

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Tuple
 
 from .._config import ProxyConfig
+from .._core.session import OpenedImage
 from .._errors import ConfigurationError, ProxyError
 from .._models import (
     MEDIA_TYPE_DOCKER_CONFIG,
@@ -27,7 +28,6 @@ from .._models import (
     ImageManifest,
     LayerInfo,
 )
-from .._operations import OpenedImage
 from .._sync import ImageProxy
 from ._errors import FAILURE, OK, USAGE, CliError, not_found
 from ._files import AtomicFile, copy_stream

@@ -9,13 +9,13 @@ from __future__ import annotations
 import errno
 from typing import Optional
 
+from .._core.protocol import is_not_found
 from .._errors import (
     ConfigurationError,
     ProxyError,
     RequestError,
     SkopeoNotFoundError,
 )
-from .._protocol import is_not_found
 
 OK = 0
 FAILURE = 1

@@ -23,9 +23,9 @@ import sys
 import threading
 from typing import Any, Dict, List
 
+from .._core.session import OpenedImage
 from .._errors import ProxyError
 from .._models import MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST, Descriptor, Digest
-from .._operations import OpenedImage
 from .._reference import ImageReference
 from .._sync import ImageProxy
 from ._commands import IMAGE_CONFIG_TYPES, Context, opened, parse_manifest, short_digest

@@ -1,6 +1,6 @@
 """What each client method does, written once for both front ends.
 
-Every public method is a generator here that *yields* I/O actions (``_actions``:
+Every public method is a generator here that *yields* I/O actions (``_core.actions``:
 :class:`Call`, :class:`CallPiped`, :class:`OpenStream`, :class:`Sleep`) and receives their
 results; the sync and asyncio front ends only know how to perform the actions. Version
 gates, fallbacks between methods, emulation on old proxies and reply validation therefore
@@ -11,221 +11,40 @@ does).
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import (
-    Awaitable,
-    Callable,
     List,
     Optional,
-    Protocol,
     Tuple,
     Type,
     TypeVar,
     Union,
 )
 
-from ._actions import (
-    Action,
-    Call,
-    CallPiped,
+from .._errors import ConfigurationError, ProtocolError, RequestError
+from .._models import Digest, ImageConfig, ImageManifest, LayerInfo
+from .._reference import ImageReference, as_reference
+from .._stream.ends import backoff
+from .._stream.state import StreamKind, StreamSpec
+from .actions import (
     JSONValue,
     Op,
-    OpenStream,
     Sleep,
-    T,
     call,
     call_piped,
     open_stream,
 )
-from ._blobstream import StreamKind, StreamSpec
-from ._config import ProxyConfig
-from ._errors import ConfigurationError, ProtocolError, ProxyError, RequestError
-from ._models import Digest, ImageConfig, ImageManifest, LayerInfo
-from ._process import SkopeoProcess
-from ._protocol import (
+from .protocol import (
     MAX_JSON_INT,
     Arg,
     Feature,
-    Version,
     check_minimum_version,
     format_version,
     has_feature,
     is_not_found,
     parse_version,
-    require_feature,
 )
-from ._reference import ImageReference, as_reference
-from ._streaming import backoff
-
-
-def drive(op: Op[T], perform: Callable[[Action], object]) -> T:
-    """Run an operation to its end, performing each action with ``perform`` (sync)."""
-    result: object = None
-    error: Optional[ProxyError] = None
-    try:
-        while True:
-            try:
-                action = op.send(result) if error is None else op.throw(error)
-            except StopIteration as stop:
-                value: T = stop.value
-                return value
-            result, error = None, None
-            try:
-                result = perform(action)
-            except ProxyError as e:
-                error = e
-    finally:
-        op.close()
-
-
-async def drive_async(op: Op[T], perform: Callable[[Action], Awaitable[object]]) -> T:
-    """Run an operation to its end, awaiting ``perform`` for each action (asyncio)."""
-    result: object = None
-    error: Optional[ProxyError] = None
-    try:
-        while True:
-            try:
-                action = op.send(result) if error is None else op.throw(error)
-            except StopIteration as stop:
-                value: T = stop.value
-                return value
-            result, error = None, None
-            try:
-                result = await perform(action)
-            except ProxyError as e:
-                error = e
-    finally:
-        op.close()
-
-
-class ImageOwner(Protocol):
-    """The proxy an image was opened by (sync: ``close_image`` returns None; asyncio: a
-    coroutine)."""
-
-    def close_image(self, img: OpenedImage) -> object:
-        """Release ``img`` in the proxy."""
-
-
-class OpenedImage:
-    """An image opened in the proxy. Close it with ``close_image`` or use it as a context manager.
-
-    Example::
-
-        with proxy.open_image("docker://quay.io/fedora/fedora:latest") as img:
-            digest, manifest = proxy.fetch_manifest(img)
-    """
-
-    __slots__ = ("_closed", "_owner", "image_id", "reference")
-
-    def __init__(self, owner: ImageOwner, image_id: int, reference: ImageReference) -> None:
-        self._owner = owner
-        self.image_id = image_id
-        self.reference = reference
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        """Whether ``close_image`` was called for this image."""
-        return self._closed
-
-    def __repr__(self) -> str:
-        state = " closed" if self._closed else ""
-        return f"<OpenedImage {self.image_id} {self.reference}{state}>"
-
-    def _closes_asynchronously(self) -> bool:
-        return inspect.iscoroutinefunction(self._owner.close_image)
-
-    def __enter__(self) -> OpenedImage:
-        if self._closes_asynchronously():
-            raise TypeError(f"{self!r} belongs to an asyncio proxy: use 'async with', not 'with'")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._owner.close_image(self)
-
-    async def __aenter__(self) -> OpenedImage:
-        if not self._closes_asynchronously():
-            raise TypeError(f"{self!r} belongs to a sync proxy: use a plain 'with'")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        closing = self._owner.close_image(self)
-        assert inspect.isawaitable(closing)
-        await closing
-
-
-class Session:
-    """What one connection knows: the proxy's version and configuration. No I/O."""
-
-    def __init__(self, config: ProxyConfig) -> None:
-        self.config = config
-        self.version: Optional[Version] = None
-
-    @property
-    def protocol_version(self) -> str:
-        """The protocol version the proxy reported in Initialize."""
-        if self.version is None:
-            raise ProxyError("the proxy is not initialized")
-        return format_version(self.version)
-
-    def supports(self, feature: Union[Feature, str]) -> bool:
-        """Whether the connected proxy offers ``feature`` natively."""
-        if self.version is None:
-            raise ProxyError("the proxy is not initialized")
-        return has_feature(self.version, feature)
-
-    def require(self, feature: Feature, what: str) -> None:
-        """Raise :class:`ProxyTooOldError` unless the proxy offers ``feature``."""
-        assert self.version is not None
-        require_feature(self.version, feature, what)
-
-    def check_image(self, owner: object, img: OpenedImage) -> int:
-        """The id of ``img`` after checking it belongs to this proxy and is still open."""
-        if not isinstance(img, OpenedImage):
-            raise ConfigurationError(f"expected an OpenedImage, got {type(img).__name__}")
-        if img._owner is not owner:
-            raise ConfigurationError(f"{img!r} was opened by another proxy")
-        if img._closed:
-            raise ConfigurationError(f"{img!r} is closed")
-        return img.image_id
-
-
-class LinkState(Protocol):
-    """What a front end's connection tells without I/O (pools read it)."""
-
-    @property
-    def process(self) -> Optional[SkopeoProcess]:
-        """The skopeo process, once spawned."""
-
-    @property
-    def closed(self) -> bool:
-        """Whether the connection was closed or torn down."""
-
-
-class FrontEnd:
-    """What the sync and asyncio proxies share that involves no I/O."""
-
-    _config: ProxyConfig
-    _session: Session
-    _link: LinkState
-
-    @property
-    def config(self) -> ProxyConfig:
-        """The configuration this proxy was started with."""
-        return self._config
-
-    @property
-    def protocol_version(self) -> str:
-        """The protocol version skopeo reported, for example ``"0.2.8"``."""
-        return self._session.protocol_version
-
-    def supports(self, feature: Union[Feature, str]) -> bool:
-        """Whether this skopeo offers ``feature`` natively (see :class:`Feature`)."""
-        return self._session.supports(feature)
-
-
-# --- operations -----------------------------------------------------------------------
+from .session import Session
 
 
 def initialize(session: Session) -> Op[str]:
@@ -413,12 +232,15 @@ def get_raw_blob(
 
 
 __all__ = [
-    "Action",
-    "Call",
-    "CallPiped",
-    "OpenStream",
-    "OpenedImage",
-    "Session",
-    "Sleep",
-    "as_reference",
+    "close_image",
+    "fetch_config",
+    "fetch_config_raw",
+    "fetch_manifest",
+    "fetch_manifest_raw",
+    "get_blob",
+    "get_layer_info",
+    "get_raw_blob",
+    "initialize",
+    "open_image",
+    "open_image_optional",
 ]

@@ -1,6 +1,6 @@
 """The I/O actions the sans-IO operations yield, and the front ends perform.
 
-An operation (``_operations``, ``_streaming``) is a generator of :data:`Action` values; it
+An operation (``_core.operations``, ``_stream.ends``) is a generator of :data:`Action` values; it
 receives each action's result and returns its own: an ``Op[T]`` returns a ``T``. A front
 end performs every member of the :data:`Action` union; its dispatch ends with
 :func:`assert_never`, so mypy proves that no action is left unhandled.
@@ -13,11 +13,23 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Generator, NoReturn, Tuple, TypeVar, Union, cast
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Generator,
+    NoReturn,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+    cast,
+)
 
-from ._blobstream import StreamSpec
-from ._connection import Ticket
-from ._protocol import Arg, Reply
+from .._errors import ProxyError
+from .._stream.state import StreamSpec
+from .connection import Ticket
+from .protocol import Arg, Reply
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,46 @@ def reopen(method: str, args: Tuple[Arg, ...]) -> Op[Reply]:
 def discard(fd: int, count: int, hasher: hashlib._Hash) -> Op[int]:
     """:class:`Discard`; how many bytes came."""
     return cast(int, (yield Discard(fd, count, hasher)))
+
+
+def drive(op: Op[T], perform: Callable[[Action], object]) -> T:
+    """Run an operation to its end, performing each action with ``perform`` (sync)."""
+    result: object = None
+    error: Optional[ProxyError] = None
+    try:
+        while True:
+            try:
+                action = op.send(result) if error is None else op.throw(error)
+            except StopIteration as stop:
+                value: T = stop.value
+                return value
+            result, error = None, None
+            try:
+                result = perform(action)
+            except ProxyError as e:
+                error = e
+    finally:
+        op.close()
+
+
+async def drive_async(op: Op[T], perform: Callable[[Action], Awaitable[object]]) -> T:
+    """Run an operation to its end, awaiting ``perform`` for each action (asyncio)."""
+    result: object = None
+    error: Optional[ProxyError] = None
+    try:
+        while True:
+            try:
+                action = op.send(result) if error is None else op.throw(error)
+            except StopIteration as stop:
+                value: T = stop.value
+                return value
+            result, error = None, None
+            try:
+                result = await perform(action)
+            except ProxyError as e:
+                error = e
+    finally:
+        op.close()
 
 
 def assert_never(value: NoReturn) -> NoReturn:

@@ -3,7 +3,7 @@
 A reader's hot path (wait for data, read into the caller's buffer, account for it) is a few
 lines in each front end. Everything after the data part — FinishPipe or GetRawBlob's error
 pipe, telling a killed skopeo from a short blob, verification, and retrying an interrupted
-transfer — is :func:`end_stream`, a generator of actions like those in ``_operations``.
+transfer — is :func:`end_stream`, a generator of actions like those in ``_core.operations``.
 
 Retrying: a transfer that failed with a retryable error is requested again, as long as
 ``retries`` allows. If bytes were already handed out, the new stream's first bytes are read
@@ -16,13 +16,14 @@ from __future__ import annotations
 import fcntl
 from typing import Optional, Tuple
 
-from ._actions import Op, ProxyGone, Sleep, Wait, discard, read_all, reopen, submit
-from ._blobstream import BlobStream, StreamKind, StreamSpec
-from ._connection import Ticket
-from ._digest import Digest
-from ._errors import ProtocolError, RequestError
-from ._protocol import Arg, PipeReply, RawPipesReply, Reply, decode_raw_blob_error
-from ._transport import close_fds
+from .._core.actions import Op, ProxyGone, Sleep, Wait, discard, read_all, reopen, submit
+from .._core.connection import Ticket
+from .._core.protocol import Arg, PipeReply, RawPipesReply, Reply, decode_raw_blob_error
+from .._digest import Digest
+from .._errors import ProtocolError, RequestError
+from .._transport import close_fds
+from .copying import PIPE_SIZE
+from .state import BlobStream, StreamKind, StreamSpec
 
 #: A GetBlob pipe silent for this long gets its FinishPipe early. The pipe reaches EOF only
 #: inside FinishPipe, so a writer that died (registry connection lost) would otherwise leave
@@ -35,12 +36,6 @@ def backoff(attempt: int) -> float:
     return float(min(5.0, 0.2 * (2**attempt)))
 
 
-#: A pipe holds 64 KiB by default, so no read returns more: the per-read costs (a system
-#: call, the reader's bookkeeping, a hash update) are paid 16 times per MiB. 1 MiB is the
-#: most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size).
-PIPE_SIZE = 1 << 20
-
-
 def _grow_pipe(fd: int) -> int:
     """Grow a data pipe to PIPE_SIZE where allowed; returns its size (0: unknown)."""
     try:
@@ -51,40 +46,6 @@ def _grow_pipe(fd: int) -> int:
         return int(fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", 1032)))
     except OSError:
         return 0
-
-
-class Coalescer:
-    """When a bulk copy (``copy_to``) should pause before its next read of the pipe.
-
-    A reader faster than skopeo finds the pipe nearly empty each time and is woken for
-    every write skopeo makes (32 KiB each): a system call and two context switches per
-    32 KiB, and skopeo losing its core each time. Pausing while the pipe fills cuts the
-    wakeups about twentyfold (measured: CPU of a 1 GiB splice into a pipe 0.2-0.4 s ->
-    0.05 s, and faster, since skopeo keeps running). The first pause is short enough that
-    a 1 MiB pipe cannot fill during it below ~5 GB/s, so a fast source is never held
-    up; it doubles while reads stay small (a slow source, such as a registry far away),
-    up to a few ms, so a slow stream does not wake us more often than it would anyway.
-    With a pipe smaller than 1 MiB it never pauses: the pipe would fill and stall skopeo.
-    """
-
-    SMALL = 256 * 1024
-    FIRST = 0.0002
-    LONGEST = 0.002
-
-    def __init__(self, pipe_size: int) -> None:
-        self._enabled = pipe_size >= PIPE_SIZE
-        self._pause = self.FIRST
-
-    def pause_after(self, moved: int) -> float:
-        """Seconds to wait before the next read, after one that moved ``moved`` bytes."""
-        if not self._enabled or moved <= 0:
-            return 0.0
-        if moved >= self.SMALL:
-            self._pause = self.FIRST
-            return 0.0
-        pause = self._pause
-        self._pause = min(pause * 2, self.LONGEST)
-        return pause
 
 
 class StreamEnds:

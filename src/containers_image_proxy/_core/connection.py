@@ -16,9 +16,9 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Deque, List, Optional, Sequence, Tuple
 
-from ._errors import ProtocolError, ProxyError, RequestError
-from ._protocol import Arg, PipeReply, RawPipesReply, Reply, decode_reply, encode_request
-from ._transport import close_fds
+from .._errors import ProtocolError, ProxyError, RequestError
+from .._transport import close_fds
+from .protocol import Arg, PipeReply, RawPipesReply, Reply, decode_reply, encode_request
 
 if TYPE_CHECKING:
     import asyncio

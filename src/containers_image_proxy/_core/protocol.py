@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Optional, Sequence, Tuple, Union
 
-from ._errors import ConfigurationError, ProtocolError, ProxyTooOldError, RequestError
+from .._errors import ConfigurationError, ProtocolError, ProxyTooOldError, RequestError
 
 #: The proxy reads requests into a buffer of this size; a larger request would be cut.
 MAX_REQUEST_SIZE = 32 * 1024

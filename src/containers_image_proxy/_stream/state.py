@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Optional, Tuple
 
-from ._digest import Digest
-from ._errors import BlobVerificationError, ProtocolError, RequestError
-from ._protocol import MAX_JSON_INT
+from .._core.protocol import MAX_JSON_INT
+from .._digest import Digest
+from .._errors import BlobVerificationError, ProtocolError, RequestError
 
 
 class StreamKind(Enum):
