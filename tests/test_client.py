@@ -48,8 +48,8 @@ def blob_bytes(layouts: Layouts, digest: str) -> bytes:
 def test_version_and_features(config: ProxyConfig, skopeo_release: SkopeoRelease) -> None:
     with ImageProxy(config) as proxy:
         assert proxy.protocol_version == skopeo_release.protocol
-        assert proxy.supports(Feature.RAW_BLOB) is (skopeo_release.protocol >= "0.2.8")
-        assert proxy.supports("OpenImageOptional") is (skopeo_release.protocol >= "0.2.4")
+        assert proxy.supports(Feature.RAW_BLOB) is skopeo_release.has_protocol("0.2.8")
+        assert proxy.supports("OpenImageOptional") is skopeo_release.has_protocol("0.2.4")
         assert f"protocol {skopeo_release.protocol}" in repr(proxy)
 
 
@@ -319,7 +319,7 @@ def test_damaged_blobs_fail_verification(
 def test_raw_blob(config: ProxyConfig, skopeo_release: SkopeoRelease, layouts: Layouts) -> None:
     layer = layouts.small.layers[1]
     with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("small")) as img:
-        if skopeo_release.protocol < "0.2.8":
+        if not skopeo_release.has_protocol("0.2.8"):
             with pytest.raises(ProxyTooOldError, match="0.2.8"):
                 proxy.get_raw_blob(img, layer.digest)
             return
@@ -348,7 +348,7 @@ def test_copy_to_a_file(
             with open(tmp_path / "rest", "wb") as out:
                 assert blob.copy_to(out) == layer.size - 10
         assert (tmp_path / "rest").read_bytes() == layer.blob[10:]
-        if skopeo_release.protocol >= "0.2.8":
+        if skopeo_release.has_protocol("0.2.8"):
             with proxy.get_raw_blob(img, layer.digest, layer.size) as blob:
                 fd = os.open(tmp_path / "raw", os.O_WRONLY | os.O_CREAT, 0o600)
                 try:
