@@ -1,4 +1,4 @@
-"""Both front ends, one test body: the behaviours they must share (see testbed.fronts)."""
+"""Where the two front ends must agree: ``with`` on images and readers, and iteration."""
 
 from __future__ import annotations
 
@@ -83,21 +83,16 @@ def test_leaving_a_reader_while_unwinding_keeps_the_callers_error(
     image = layout_builder.add_image("t", [random_layer(3, 300_000)], compression=None)
     layer = image.layers[0]
     corrupt_blob(layout_builder, layer.digest)
-
-    async def main() -> None:
-        async with open_proxy(front, config) as proxy:
-            async with await proxy.open_image(layout_builder.ref("t")) as img:
-                with pytest.raises(Unwinding):
-                    async with await proxy.get_blob(img, layer.digest, layer.size) as blob:
-                        assert len(await blob.read_exactly(layer.size)) == layer.size
-                        raise Unwinding()
-                with pytest.raises(BlobVerificationError):
-                    async with await proxy.get_blob(img, layer.digest, layer.size) as blob:
-                        assert len(await blob.read_exactly(layer.size)) == layer.size
-                # the proxy is still usable after both
-                assert (await proxy.fetch_manifest(img))[0] == image.manifest_digest
-
-    run(main())
+    with open_proxy(front, config) as proxy, proxy.open_image(layout_builder.ref("t")) as img:
+        with pytest.raises(Unwinding):
+            with proxy.get_blob(img, layer.digest, layer.size) as blob:
+                assert len(blob.read(layer.size)) == layer.size
+                raise Unwinding()
+        with pytest.raises(BlobVerificationError):
+            with proxy.get_blob(img, layer.digest, layer.size) as blob:
+                assert len(blob.read(layer.size)) == layer.size
+        # the proxy is still usable after both
+        assert proxy.fetch_manifest(img)[0] == image.manifest_digest
 
 
 def test_iteration_yields_the_same_chunks(
@@ -109,14 +104,8 @@ def test_iteration_yields_the_same_chunks(
     assert data.count(b"\n") > 100  # line iteration would show
     image = layout_builder.add_image("t", [data], compression=None)
     layer = image.layers[0]
-
-    async def main() -> None:
-        async with open_proxy(front, config) as proxy:
-            async with await proxy.open_image(layout_builder.ref("t")) as img:
-                blob = await proxy.get_blob(img, layer.digest, layer.size)
-                async with blob:
-                    chunks = [chunk async for chunk in blob.chunks()]
-        assert [len(c) for c in chunks] == [READ_CHUNK, READ_CHUNK, layer.size - 2 * READ_CHUNK]
-        assert b"".join(chunks) == layer.blob
-
-    run(main())
+    with open_proxy(front, config) as proxy, proxy.open_image(layout_builder.ref("t")) as img:
+        with proxy.get_blob(img, layer.digest, layer.size) as blob:
+            chunks = list(blob)
+    assert [len(c) for c in chunks] == [READ_CHUNK, READ_CHUNK, layer.size - 2 * READ_CHUNK]
+    assert b"".join(chunks) == layer.blob

@@ -1,21 +1,24 @@
-"""Both front ends behind one asyncio face, so one test body runs against each.
+"""Both front ends behind one blocking face, so one test body runs against each.
 
-``front`` (a fixture of ``conftest_plugin``) is ``"sync"`` or ``"async"``; ``open_proxy(front,
-config)`` gives an async context manager yielding a proxy whose methods are awaited either
-way. The sync side is the real :class:`ImageProxy` called directly (blocking the loop, which
-only runs the test): its objects are wrapped just enough to be awaited. Only what both front
-ends mean the same way is offered: ``read()`` of everything, ``read1(n)`` (one read of the
-pipe: the asyncio ``read(n)``), iteration, ``copy_to``, ``close``, ``bytes_read``.
+A test takes the ``front`` fixture (``"sync"`` or ``"async"``, from ``conftest_plugin``) and
+opens its proxy with ``open_proxy(front, config)``. On the sync side that is the real
+:class:`ImageProxy`. On the asyncio side it is an :class:`AsyncImageProxy` started on an
+event loop of its own, and every coroutine method is run to its end on that loop
+(``run_until_complete``), so the test reads the same either way; the images and readers it
+returns are wrapped just enough for ``with`` and blocking calls. Reads keep the sync
+meaning: ``read(n)`` gives ``n`` bytes unless the blob ends first, ``read1(n)`` is one read.
 """
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Optional, Union
+import asyncio
+import inspect
+import weakref
+from typing import Any, Callable, Coroutine, Iterator, List, Optional, TypeVar, Union
 
 from containers_image_proxy import (
     AsyncBlobReader,
     AsyncImageProxy,
-    BlobReader,
     ImageProxy,
     OpenedImage,
     ProxyConfig,
@@ -23,147 +26,145 @@ from containers_image_proxy import (
 
 FRONTS = ("sync", "async")
 
+T = TypeVar("T")
 
-class Image:
-    """An opened image of either front end; ``async with`` closes it."""
 
-    def __init__(self, img: OpenedImage, is_async: bool) -> None:
+class _Loop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        # closed with the proxy's "with" block, or when the test drops the proxy
+        self._finalizer = weakref.finalize(self, self.loop.close)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+
+class BlockingImage:
+    """An image of the asyncio proxy; ``with`` closes it (with ``async with``, on the loop)."""
+
+    def __init__(self, loop: _Loop, img: OpenedImage) -> None:
+        self._loop = loop
         self.img = img
-        self._async = is_async
 
-    async def __aenter__(self) -> Image:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.img, name)
+
+    def __enter__(self) -> BlockingImage:
+        self._loop.run(self.img.__aenter__())
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._async:
-            await self.img.__aexit__(*exc)
-        else:
-            self.img.__exit__(*exc)
+    def __exit__(self, *exc: Any) -> None:
+        self._loop.run(self.img.__aexit__(*exc))
 
 
-class Blob:
-    """A blob reader of either front end, awaited the same way."""
+class BlockingReader:
+    """An :class:`AsyncBlobReader` read from blocking code, with the sync reader's meanings."""
 
-    def __init__(self, reader: Union[BlobReader, AsyncBlobReader]) -> None:
+    def __init__(self, loop: _Loop, reader: AsyncBlobReader) -> None:
+        self._loop = loop
         self.reader = reader
 
-    @property
-    def bytes_read(self) -> int:
-        return self.reader.bytes_read
+    def __getattr__(self, name: str) -> Any:  # bytes_read, size, digest, closed ...
+        return getattr(self.reader, name)
 
-    async def read(self) -> bytes:
-        """Everything left."""
-        if isinstance(self.reader, AsyncBlobReader):
-            return await self.reader.read()
-        return self.reader.read()
-
-    async def read1(self, size: int) -> bytes:
-        """One read of at most ``size`` bytes."""
-        if isinstance(self.reader, AsyncBlobReader):
-            return await self.reader.read(size)
-        return self.reader.read1(size)
-
-    async def read_exactly(self, size: int) -> bytes:
-        """``size`` bytes (fewer only at the end), without reading past them."""
-        parts = []
-        while size > 0 and (part := await self.read1(size)):
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            return self._loop.run(self.reader.read())
+        parts: List[bytes] = []
+        left = size
+        while left > 0 and (part := self._loop.run(self.reader.read(left))):
             parts.append(part)
-            size -= len(part)
+            left -= len(part)
         return b"".join(parts)
 
-    async def copy_to(self, dest: Any) -> int:
-        if isinstance(self.reader, AsyncBlobReader):
-            return await self.reader.copy_to(dest)
-        return self.reader.copy_to(dest)
+    def read1(self, size: int = -1) -> bytes:
+        return self._loop.run(self.reader.read(size))
 
-    async def close(self) -> None:
-        if isinstance(self.reader, AsyncBlobReader):
-            await self.reader.close()
-        else:
-            self.reader.close()
+    def copy_to(self, dest: Any) -> int:
+        return self._loop.run(self.reader.copy_to(dest))
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """``for chunk in blob`` / ``async for chunk in blob``."""
-        if isinstance(self.reader, AsyncBlobReader):
-            async for chunk in self.reader:
-                yield chunk
-        else:
-            for chunk in self.reader:
-                yield chunk
+    def close(self) -> None:
+        self._loop.run(self.reader.close())
 
-    async def __aenter__(self) -> Blob:
-        if isinstance(self.reader, AsyncBlobReader):
-            await self.reader.__aenter__()
-        else:
-            self.reader.__enter__()
+    def close_quietly(self) -> None:
+        self._loop.run(self.reader.close_quietly())
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                yield self._loop.run(self.reader.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def __enter__(self) -> BlockingReader:
+        self._loop.run(self.reader.__aenter__())
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        if isinstance(self.reader, AsyncBlobReader):
-            await self.reader.__aexit__(*exc)
-        else:
-            self.reader.__exit__(*exc)
+    def __exit__(self, *exc: Any) -> None:
+        self._loop.run(self.reader.__aexit__(*exc))
 
 
-class Proxy:
-    """An :class:`ImageProxy` or :class:`AsyncImageProxy`, awaited the same way."""
+class BlockingProxy:
+    """An :class:`AsyncImageProxy` on a loop of its own, called like an :class:`ImageProxy`."""
 
-    def __init__(self, proxy: Union[ImageProxy, AsyncImageProxy]) -> None:
-        self.proxy = proxy
+    def __init__(self, config: ProxyConfig) -> None:
+        self._loop = _Loop()
+        try:
+            self.proxy = self._loop.run(AsyncImageProxy.start(config))
+        except BaseException:
+            self._loop.close()
+            raise
 
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        result = getattr(self.proxy, name)(*args, **kwargs)
-        if isinstance(self.proxy, AsyncImageProxy):
-            result = await result
-        return result
+    def __repr__(self) -> str:
+        return repr(self.proxy)
 
-    @property
-    def protocol_version(self) -> str:
-        return self.proxy.protocol_version
+    def _wrap(self, value: Any) -> Any:
+        if isinstance(value, OpenedImage):
+            return BlockingImage(self._loop, value)
+        if isinstance(value, AsyncBlobReader):
+            return BlockingReader(self._loop, value)
+        return value
 
-    async def open_image(self, ref: str) -> Image:
-        return Image(await self._call("open_image", ref), isinstance(self.proxy, AsyncImageProxy))
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.proxy, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
 
-    async def open_image_optional(self, ref: str) -> Optional[Image]:
-        img = await self._call("open_image_optional", ref)
-        return None if img is None else Image(img, isinstance(self.proxy, AsyncImageProxy))
+        def call(*args: Any, **kwargs: Any) -> Any:
+            args = tuple(a.img if isinstance(a, BlockingImage) else a for a in args)
+            return self._wrap(self._loop.run(attr(*args, **kwargs)))
 
-    async def fetch_manifest(self, image: Image) -> Any:
-        return await self._call("fetch_manifest", image.img)
+        return call
 
-    async def fetch_config(self, image: Image) -> Any:
-        return await self._call("fetch_config", image.img)
+    def close(self) -> None:
+        """Close the proxy (its loop stays, for calls made after, as on a closed proxy)."""
+        self._loop.run(self.proxy.close())
 
-    async def get_layer_info(self, image: Image) -> Any:
-        return await self._call("get_layer_info", image.img)
+    def __enter__(self) -> BlockingProxy:
+        return self
 
-    async def get_blob(self, image: Image, digest: str, size: int) -> Blob:
-        return Blob(await self._call("get_blob", image.img, digest, size))
-
-    async def get_raw_blob(self, image: Image, *args: Any, **kwargs: Any) -> Blob:
-        return Blob(await self._call("get_raw_blob", image.img, *args, **kwargs))
-
-    async def close(self) -> None:
-        await self._call("close")
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self._loop.run(self.proxy.__aexit__(exc_type, *exc))
+        finally:
+            self._loop.close()
 
 
-class open_proxy:
-    """Start a proxy of ``front`` ("sync" or "async") for ``async with``."""
+Proxy = Union[ImageProxy, BlockingProxy]
 
-    def __init__(self, front: str, config: ProxyConfig) -> None:
-        if front not in FRONTS:
-            raise ValueError(f"unknown front end {front!r}")
-        self._front = front
-        self._config = config
-        self._proxy: Optional[Proxy] = None
 
-    async def __aenter__(self) -> Proxy:
-        if self._front == "async":
-            self._proxy = Proxy(await AsyncImageProxy.start(self._config))
-        else:
-            self._proxy = Proxy(ImageProxy(self._config))
-        return self._proxy
+def open_proxy(front: str, config: ProxyConfig) -> Any:
+    """A started proxy of ``front`` ("sync" or "async"), used as an ImageProxy is."""
+    if front == "sync":
+        return ImageProxy(config)
+    if front == "async":
+        return BlockingProxy(config)
+    raise ValueError(f"unknown front end {front!r}")
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._proxy is not None
-        await self._proxy.close()
+
+def proxy_factory(front: str) -> Callable[[ProxyConfig], Any]:
+    """``open_proxy`` for one front end, to use where a test constructs several proxies."""
+    return lambda config: open_proxy(front, config)

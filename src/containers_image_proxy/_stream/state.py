@@ -39,7 +39,6 @@ class StreamSpec:
 
 # FinishPipe errors of GetBlob that mean "the bytes were wrong", as opposed to "could not get them"
 _VERIFY_TEXT = re.compile(r"corrupted blob|expected \d+ bytes in blob|digest|size mismatch", re.I)
-_EPIPE_TEXT = re.compile(r"broken pipe", re.I)
 
 
 class BlobStream:
@@ -202,7 +201,3 @@ class BlobStream:
     def failure(self) -> Optional[BaseException]:
         """The error recorded so far (before size and digest are checked)."""
         return self._error
-
-    def is_broken_pipe(self, error: RequestError) -> bool:
-        """Whether a FinishPipe error only reflects that we closed our end early."""
-        return error.error_code == "EPIPE" or _EPIPE_TEXT.search(error.message) is not None
