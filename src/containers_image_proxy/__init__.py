@@ -16,6 +16,7 @@ from ._core.session import OpenedImage
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
+    MetadataTooLargeError,
     ProtocolError,
     ProxyClosedError,
     ProxyError,
@@ -71,6 +72,7 @@ __all__ = [
     "LayerDigestError",
     "LayerFormatError",
     "LayerInfo",
+    "MetadataTooLargeError",
     "OpenedImage",
     "Platform",
     "PoolShutdownError",

@@ -124,6 +124,23 @@ class ProtocolError(ProxyError):
     """skopeo sent something the protocol does not allow; the connection is unusable."""
 
 
+class MetadataTooLargeError(ProtocolError):
+    """A metadata reply (manifest, config, layer list, error report, JSON reply) is larger
+    than ``ProxyConfig.max_metadata_size`` bytes; ``what`` names it, ``limit`` is the limit.
+
+    Reading stopped one byte past the limit and nothing of the payload is kept or quoted.
+    Refused through a pipe (every payload but a reply on the socket itself), the request
+    alone fails and the proxy stays usable; a reply on the socket ends the connection.
+    """
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.what = what
+        self.limit = limit
+        super().__init__(
+            f"{what}: larger than the {limit}-byte metadata limit (ProxyConfig.max_metadata_size)"
+        )
+
+
 def unless_already_failing(exc_type: object) -> ContextManager[object]:
     """For ``__exit__``: while an error unwinds, a ProxyError from the shutdown is
     dropped so that it does not mask the first one; otherwise it is raised."""
@@ -135,6 +152,7 @@ def unless_already_failing(exc_type: object) -> ContextManager[object]:
 __all__ = [
     "BlobVerificationError",
     "ConfigurationError",
+    "MetadataTooLargeError",
     "ProtocolError",
     "ProxyClosedError",
     "ProxyError",

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, TypeVar, Union, cast
 
+from ._core.protocol import MAX_JSON_DEPTH, too_deep
 from ._digest import Digest, _kind, _type_error
 from ._errors import ConfigurationError
 
@@ -209,10 +210,19 @@ class _Model:
         """Parses a JSON document; invalid JSON or content raises ConfigurationError."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ConfigurationError(f"{cls.__name__}: expected bytes, got {_kind(data)}")
+        data = bytes(data)
+        deep = False
         try:
-            obj = json.loads(bytes(data))
-        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            obj = json.loads(data)
+            deep = too_deep(obj, data)
+        except RecursionError:
+            deep = True
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise ConfigurationError(f"{cls.__name__}: not valid JSON: {e}") from None
+        if deep:
+            raise ConfigurationError(
+                f"{cls.__name__}: JSON nested more than {MAX_JSON_DEPTH} levels deep"
+            )
         return cls.from_json(obj)
 
     def to_json(self) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class Link:
         self.config = config
         self.process: Optional[SkopeoProcess] = None
         self.closed = False
-        self._conn = Connection()
+        self._conn = Connection(config.max_metadata_size)
         self._outbox: Deque[bytes] = collections.deque()
         self._buf = new_receive_buffer()
         self._finalizer: Optional[weakref.finalize[[], object]] = None

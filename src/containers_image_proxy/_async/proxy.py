@@ -32,7 +32,7 @@ from .._core.actions import (
     assert_never,
     drive_async,
 )
-from .._core.protocol import Arg, PipeReply, Reply, ValueReply
+from .._core.protocol import Arg, MetadataBuffer, PipeReply, Reply, ValueReply
 from .._core.session import FrontEnd, OpenedImage, Session
 from .._errors import (
     ProtocolError,
@@ -181,17 +181,18 @@ class AsyncImageProxy(FrontEnd):
             raise self._link.stalled(context)
 
     async def _read_all(self, fd: int, context: str) -> bytes:
+        """A metadata payload, to EOF; MetadataTooLargeError past the configured bound."""
         os.set_blocking(fd, False)
-        chunks: List[bytes] = []
+        payload = MetadataBuffer(context, self._config.max_metadata_size)
         while True:
             try:
-                chunk = os.read(fd, READ_CHUNK)
+                chunk = os.read(fd, payload.room(READ_CHUNK))
             except BlockingIOError:
                 await self._wait_data(fd, context)
                 continue
             if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+                return payload.take()
+            payload.add(chunk)
 
     async def _discard(self, fd: int, count: int, hasher: hashlib._Hash) -> int:
         os.set_blocking(fd, False)

@@ -11,7 +11,6 @@ does).
 
 from __future__ import annotations
 
-import json
 from typing import (
     List,
     Optional,
@@ -39,6 +38,7 @@ from .protocol import (
     Arg,
     Feature,
     check_minimum_version,
+    decode_json,
     format_version,
     has_feature,
     is_not_found,
@@ -162,11 +162,7 @@ def get_layer_info(
     """The layers as they would be copied: GetLayerInfoPiped, GetLayerInfo, or the manifest."""
     if session.supports(Feature.LAYER_INFO_PIPED):
         _, payload = yield from call_piped("GetLayerInfoPiped", (image_id,))
-        try:
-            value = json.loads(payload)
-        except ValueError as e:
-            raise ProtocolError(f"GetLayerInfoPiped: payload is not JSON: {e}") from None
-        return _layer_infos(value, "GetLayerInfoPiped")
+        return _layer_infos(decode_json(payload, "GetLayerInfoPiped"), "GetLayerInfoPiped")
     if session.supports(Feature.LAYER_INFO):
         return _layer_infos((yield from call("GetLayerInfo", (image_id,))), "GetLayerInfo")
     if reference.transport in _COPY_LAYERS_DIFFER:

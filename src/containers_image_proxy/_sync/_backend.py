@@ -68,7 +68,7 @@ class Link:
         self.config = config
         self.process: Optional[SkopeoProcess] = None
         self.closed = False
-        self._conn = Connection()
+        self._conn = Connection(config.max_metadata_size)
         self._cond = threading.Condition()
         self._receiving = False
         self._buf = new_receive_buffer()

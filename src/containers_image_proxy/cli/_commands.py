@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Tuple
 
 from .._config import ProxyConfig
+from .._core.protocol import decode_json
 from .._core.session import OpenedImage
 from .._errors import ConfigurationError, ProxyError
 from .._models import (
@@ -30,8 +31,9 @@ from .._models import (
 )
 from .._sync import ImageProxy
 from ._errors import FAILURE, OK, USAGE, CliError, not_found
-from ._files import AtomicFile, copy_stream
+from ._files import AtomicFile, copy_stream, destination_directory
 from ._progress import CountingReader, Reporter, total_task
+from ._quoting import shell_escape
 
 log = logging.getLogger("containers_image_proxy.cli")
 
@@ -48,6 +50,8 @@ class Context:
     out: IO[bytes]
     #: messages for a person (pull's summary) go to stderr, and only on a terminal
     chatty: bool = False
+    #: standard output is a terminal: strings from the image are shown escaped
+    terminal: bool = False
 
     def write(self, data: bytes) -> None:
         """Write command output."""
@@ -57,9 +61,19 @@ class Context:
         """Write a line of text output (names from images may not be valid UTF-8)."""
         self.out.write(text.encode("utf-8", "surrogateescape") + b"\n")
 
+    def shown(self, text: str) -> str:
+        """A string from the image as it may reach the output: on a terminal, quoted the
+        way ``ls`` quotes file names (control characters cannot act); elsewhere exact."""
+        return shell_escape(text) if self.terminal else text
+
     def print_json(self, value: Any) -> None:
-        """Write a JSON document, indented, on its own lines."""
-        self.print(json.dumps(value, indent=2, ensure_ascii=False))
+        """Write a JSON document, indented, on its own lines.
+
+        Always valid UTF-8: a byte of a name that is not UTF-8 (held as a lone surrogate)
+        becomes the JSON escape ``\\udcXX``, which decodes back to the same string.
+        """
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+        self.out.write(text.encode("utf-8", "backslashreplace") + b"\n")
 
 
 @contextlib.contextmanager
@@ -164,7 +178,7 @@ def cmd_inspect(ctx: Context) -> int:
         if manifest.config.media_type in IMAGE_CONFIG_TYPES:
             config_raw = proxy.fetch_config_raw(img)
         layers = layer_infos(proxy, img, manifest)
-    config_json = json.loads(config_raw) if config_raw is not None else None
+    config_json = decode_json(config_raw, "GetFullConfig") if config_raw is not None else None
     if ctx.args.json:
         ctx.print_json(
             {
@@ -187,21 +201,23 @@ def _print_summary(
     config: Optional[ImageConfig],
     layers: List[LayerInfo],
 ) -> None:
-    rows: List[Tuple[str, str]] = [("Image", ctx.args.image), ("Digest", digest)]
+    shown = ctx.shown
+    rows: List[Tuple[str, str]] = [("Image", shown(ctx.args.image)), ("Digest", digest)]
     if config is None:
-        rows.append(("Artifact", manifest.artifact_type or "-"))
-        rows.append(("Config", manifest.config.media_type))
+        rows.append(("Artifact", shown(manifest.artifact_type or "-")))
+        rows.append(("Config", shown(manifest.config.media_type)))
     else:
         platform = f"{config.os}/{config.architecture}"
         if config.variant:
             platform += f"/{config.variant}"
-        rows.append(("Platform", platform))
-        rows.append(("Created", config.created or "-"))
+        rows.append(("Platform", shown(platform)))
+        rows.append(("Created", shown(config.created or "-")))
         run = config.config
         for label, argv in (
             ("Entrypoint", run.entrypoint if run else None),
             ("Cmd", run.cmd if run else None),
         ):
+            # JSON with ensure_ascii: every control character is a \u escape
             rows.append((label, json.dumps(list(argv)) if argv is not None else "-"))
     total = sum(max(0, layer.size) for layer in layers)
     rows.append(("Layers", f"{len(layers)} ({human_size(total)})"))
@@ -209,13 +225,14 @@ def _print_summary(
         ctx.print(f"{label + ':':<12}{value}")
     width = max((len(human_size(layer.size)) for layer in layers), default=0)
     for layer in layers:
-        ctx.print(f"  {layer.digest}  {human_size(layer.size):>{width}}  {layer.media_type}")
+        size = human_size(layer.size)
+        ctx.print(f"  {layer.digest}  {size:>{width}}  {shown(layer.media_type)}")
     labels = dict(config.config.labels) if config is not None and config.config else {}
     labels.update(manifest.annotations if config is None else {})
     if labels:
         ctx.print("Labels:" if config is not None else "Annotations:")
         for key in sorted(labels):
-            ctx.print(f"  {key}={labels[key]}")
+            ctx.print(f"  {shown(key)}={shown(labels[key])}")
 
 
 def cmd_manifest(ctx: Context) -> int:
@@ -250,7 +267,7 @@ def cmd_layers(ctx: Context) -> int:
         return OK
     width = max((len(str(layer.size)) for layer in layers), default=0)
     for layer in layers:
-        ctx.print(f"{layer.digest}  {layer.size:>{width}}  {layer.media_type}")
+        ctx.print(f"{layer.digest}  {layer.size:>{width}}  {ctx.shown(layer.media_type)}")
     return OK
 
 
@@ -344,18 +361,19 @@ def cmd_ls(ctx: Context) -> int:
         except (FileNotFoundError, NotADirectoryError) as e:
             if isinstance(e, ProxyError):
                 raise
-            raise not_found(f"{path}: no such file or directory in the image") from None
+            where = shell_escape(path)
+            raise not_found(f"{where}: no such file or directory in the image") from None
         except OSError as e:
             if isinstance(e, ProxyError):
                 raise
-            raise CliError(f"{path}: {e.strerror or e}") from None
+            raise CliError(f"{shell_escape(path)}: {e.strerror or e}") from None
     ctx.reporter.close()
     if ctx.args.json:
         ctx.print_json([entry.to_json() for entry in entries])
         return OK
     if not ctx.args.long:
         for entry in entries:
-            ctx.print(entry.name)
+            ctx.print(ctx.shown(entry.name))
         return OK
     owners = [f"{e.uid}/{e.gid}" for e in entries]
     sizes = [
@@ -365,7 +383,9 @@ def cmd_ls(ctx: Context) -> int:
     ow = max((len(o) for o in owners), default=0)
     sw = max((len(s) for s in sizes), default=0)
     for entry, owner, size in zip(entries, owners, sizes):
-        name = entry.name + (f" -> {entry.linkname}" if entry.kind == "symlink" else "")
+        name = ctx.shown(entry.name)
+        if entry.kind == "symlink":
+            name += f" -> {ctx.shown(entry.linkname)}"
         ctx.print(
             f"{stat.filemode(entry.st_mode)} {entry.nlink:>2} {owner:<{ow}} {size:>{sw}}"
             f" {_format_mtime(entry.mtime)} {name}"
@@ -379,7 +399,7 @@ def cmd_unpack(ctx: Context) -> int:
 
     if not ctx.args.rootless and os.geteuid() != 0:
         raise CliError("applying the layers' owners needs root; add --rootless", USAGE)
-    with opened(ctx) as (proxy, img):
+    with opened(ctx) as (proxy, img), destination_directory(ctx.args.dest):
         unpack(ProgressProxy(proxy, ctx.reporter), img, ctx.args.dest, rootless=ctx.args.rootless)
     return OK
 

@@ -16,6 +16,7 @@ from .._errors import (
     RequestError,
     SkopeoNotFoundError,
 )
+from ._quoting import escape_controls, shell_escape
 
 OK = 0
 FAILURE = 1
@@ -67,8 +68,9 @@ def describe(exc: BaseException) -> str:
         text = _os_error(exc)
     else:
         text = str(exc) or type(exc).__name__
-    # skopeo's messages can span lines (wrapped Go errors); one line is the contract
-    return " ".join(text.split())
+    # skopeo's messages can span lines (wrapped Go errors); one line is the contract. What
+    # is left that a terminal would act on (text from the image or a registry) is escaped.
+    return escape_controls(" ".join(line.strip() for line in text.splitlines() if line.strip()))
 
 
 def _os_error(exc: OSError) -> str:
@@ -76,5 +78,5 @@ def _os_error(exc: OSError) -> str:
     reason = reason or str(exc) or type(exc).__name__
     name: Optional[str] = exc.filename if isinstance(exc.filename, str) else None
     if name is not None:
-        return f"{name}: {reason}"
+        return f"{shell_escape(name)}: {reason}"
     return reason

@@ -114,7 +114,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = config_from_args(args)
         chatty = not args.quiet and _isatty(sys.stdout) and _isatty(sys.stderr)
         with make_reporter(quiet=args.quiet, debug=args.debug) as reporter:
-            ctx = Context(args=args, config=config, reporter=reporter, out=out, chatty=chatty)
+            ctx = Context(
+                args=args,
+                config=config,
+                reporter=reporter,
+                out=out,
+                chatty=chatty,
+                terminal=_isatty(sys.stdout),
+            )
             code = COMMANDS[args.command](ctx)
         out.flush()
     except BrokenPipeError:

@@ -15,7 +15,7 @@ import shlex
 import sys
 from typing import IO, Any, Callable, NoReturn, Optional, Sequence
 
-from .._config import ProxyConfig
+from .._config import DEFAULT_MAX_METADATA_SIZE, ProxyConfig
 from ._errors import USAGE, CliError
 
 PROG = "containers-image-proxy"
@@ -156,6 +156,14 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         type=_seconds,
         default=default(None),
         help="give up when a transfer makes no progress for this long",
+    )
+    g.add_argument(
+        "--max-metadata-size",
+        metavar="BYTES",
+        type=_count,
+        default=default(DEFAULT_MAX_METADATA_SIZE),
+        help="refuse a manifest, config or layer list larger than this"
+        f" (default {DEFAULT_MAX_METADATA_SIZE}, 4 MiB)",
     )
     g.add_argument(
         "--debug",
@@ -442,6 +450,7 @@ def config_from_args(args: argparse.Namespace, stdin: Optional[IO[bytes]] = None
         override_variant=args.override_variant,
         retries=args.retries,
         stall_timeout=args.stall_timeout,
+        max_metadata_size=args.max_metadata_size,
         debug=args.debug,
     )
 
