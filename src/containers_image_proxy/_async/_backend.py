@@ -25,7 +25,6 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-import weakref
 from typing import (
     TYPE_CHECKING,
     Awaitable,
@@ -41,12 +40,13 @@ from typing import (
 )
 
 from .._config import ProxyConfig
-from .._core.connection import Connection, Ticket, release
+from .._core.connection import Ticket, release
 from .._core.protocol import Arg, Reply, encode_request
-from .._errors import ProtocolError, ProxyClosedError, ProxyError, ProxyStalledError
+from .._errors import ProtocolError, ProxyClosedError, ProxyError
+from .._link import LinkBase
 from .._process import SkopeoProcess
 from .._stream.state import BlobStream
-from .._transport import READ_CHUNK, new_receive_buffer, peer_closed, receive_reply
+from .._transport import READ_CHUNK, peer_closed, receive_reply
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -68,27 +68,20 @@ def _wake(ticket: Ticket) -> None:
         fut.set_result(None)
 
 
-class Link:
+class Link(LinkBase):
     """The connection to one skopeo process, driven by the event loop."""
 
     def __init__(self, config: ProxyConfig) -> None:
-        self.config = config
-        self.process: Optional[SkopeoProcess] = None
-        self.closed = False
-        self._conn = Connection(config.max_metadata_size)
+        super().__init__(config)
         self._outbox: Deque[bytes] = collections.deque()
-        self._buf = new_receive_buffer()
-        self._finalizer: Optional[weakref.finalize[[], object]] = None
 
     async def open(self, owner: object) -> None:
         """Spawn skopeo (on a worker thread); it is killed and reaped if ``owner`` is
         dropped without being closed."""
-        if self.process is not None:
-            raise ProxyError("the proxy is already started")
+        self._check_not_started()
         self._loop = asyncio.get_running_loop()
         process = await self._loop.run_in_executor(None, SkopeoProcess, self.config)
-        self.process = process
-        self._finalizer = weakref.finalize(owner, process.terminate_and_release)
+        self._adopt(process, owner)
         process.sock.setblocking(False)
         self._loop.add_reader(process.sock.fileno(), self._on_readable)
 
@@ -97,8 +90,8 @@ class Link:
     def shut_down(self) -> Optional[Tuple[SkopeoProcess, bool]]:
         """Send Shutdown and fail what is outstanding; the process to reap and whether the
         connection had already failed (None: nothing to reap)."""
-        process = self.process
-        if process is None or self._finalizer is None or not self._finalizer.alive:
+        process = self._reapable()
+        if process is None:
             self.closed = True
             return None
         already_failed = self._conn.failure is not None
@@ -113,30 +106,12 @@ class Link:
             self._fail(ProxyClosedError("the proxy was closed"))
         return process, already_failed
 
-    def release(self) -> None:
-        """Kill, reap and close now (a start that failed); idempotent."""
-        if self._finalizer is not None:
-            self._finalizer()
-
-    def detach(self) -> None:
-        """The process was reaped by close(): nothing is left for the finalizer."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-
     def teardown(self, failure: Optional[ProxyError]) -> None:
         """Kill skopeo; outstanding and later requests fail with ``failure``."""
         self.closed = True
         self._stop_watching()
         self._fail(failure or ProxyClosedError("the proxy was torn down"))
-        if self._finalizer is not None:
-            self._finalizer()
-
-    def stalled(self, context: str) -> ProxyStalledError:
-        """Tear the connection down for a stall; the error to raise."""
-        assert self.config.stall_timeout is not None and self.process is not None
-        err = ProxyStalledError(self.config.stall_timeout, context, self.process.stderr_tail())
-        self.teardown(err)
-        return err
+        self.release()
 
     def _stop_watching(self) -> None:
         if self.process is not None and self.process.sock.fileno() >= 0:

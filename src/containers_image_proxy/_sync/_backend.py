@@ -26,17 +26,17 @@ import queue
 import select
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from .._config import ProxyConfig
-from .._core.connection import Connection, Ticket
+from .._core.connection import Ticket
 from .._core.protocol import Arg, Reply, encode_request
 from .._errors import ProtocolError, ProxyClosedError, ProxyError, ProxyStalledError
+from .._link import LinkBase
 from .._process import SkopeoProcess
 from .._stream.copying import Coalescer
 from .._stream.state import BlobStream
-from .._transport import READ_CHUNK, new_receive_buffer, peer_closed, receive_reply
+from .._transport import READ_CHUNK, peer_closed, receive_reply
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -61,25 +61,18 @@ def wait_readable(fd: int, timeout: Optional[float]) -> bool:
     return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
 
 
-class Link:
+class Link(LinkBase):
     """The connection to one skopeo process, shared by every thread using the proxy."""
 
     def __init__(self, config: ProxyConfig) -> None:
-        self.config = config
-        self.process: Optional[SkopeoProcess] = None
-        self.closed = False
-        self._conn = Connection(config.max_metadata_size)
+        super().__init__(config)
         self._cond = threading.Condition()
         self._receiving = False
-        self._buf = new_receive_buffer()
-        self._finalizer: Optional[weakref.finalize[[], object]] = None
 
     def open(self, owner: object) -> None:
         """Spawn skopeo; it is killed and reaped if ``owner`` is dropped without close()."""
-        if self.process is not None:
-            raise ProxyError("the proxy is already started")
-        self.process = SkopeoProcess(self.config)
-        self._finalizer = weakref.finalize(owner, self.process.terminate_and_release)
+        self._check_not_started()
+        self._adopt(SkopeoProcess(self.config), owner)
 
     # --- lifetime -------------------------------------------------------------------------
 
@@ -87,8 +80,8 @@ class Link:
         """Send Shutdown and fail what is outstanding; the process to reap and whether the
         connection had already failed (None: nothing to reap)."""
         with self._cond:
-            process = self.process
-            if process is None or self._finalizer is None or not self._finalizer.alive:
+            process = self._reapable()
+            if process is None:
                 self.closed = True
                 return None
             already_failed = self._conn.failure is not None
@@ -103,16 +96,6 @@ class Link:
             self._cond.notify_all()
         return process, already_failed
 
-    def release(self) -> None:
-        """Kill, reap and close now (a start that failed); idempotent."""
-        if self._finalizer is not None:
-            self._finalizer()
-
-    def detach(self) -> None:
-        """The process was reaped by close(): nothing is left for the finalizer."""
-        if self._finalizer is not None:
-            self._finalizer.detach()
-
     def teardown(self, failure: Optional[ProxyError]) -> None:
         """Kill skopeo after a failure; outstanding and later requests fail with ``failure``.
 
@@ -125,13 +108,6 @@ class Link:
             self._cond.notify_all()
         if self.process is not None:
             self.process.kill()
-
-    def stalled(self, context: str) -> ProxyStalledError:
-        """Tear the connection down for a stall; the error to raise."""
-        assert self.config.stall_timeout is not None and self.process is not None
-        err = ProxyStalledError(self.config.stall_timeout, context, self.process.stderr_tail())
-        self.teardown(err)
-        return err
 
     # --- requests and replies -------------------------------------------------------------
 
