@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import threading
 import warnings
-from typing import Any
+from typing import Any, List
 
 import pytest
 
@@ -13,6 +15,7 @@ from containers_image_proxy import AsyncImageProxy, BlobVerificationError, Image
 from containers_image_proxy._transport import READ_CHUNK
 from testbed.fronts import open_proxy
 from testbed.images import LayoutBuilder, Layouts, corrupt_blob, random_layer
+from testbed.releases import SkopeoRelease
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +112,51 @@ def test_iteration_yields_the_same_chunks(
             chunks = list(blob)
     assert [len(c) for c in chunks] == [READ_CHUNK, READ_CHUNK, layer.size - 2 * READ_CHUNK]
     assert b"".join(chunks) == layer.blob
+
+
+def test_copy_to_a_full_pipe_waits_for_room(
+    front: str,
+    config: ProxyConfig,
+    skopeo_release: SkopeoRelease,
+    layout_builder: LayoutBuilder,
+    monkeypatch: pytest.MonkeyPatch,
+    no_leaks: None,
+) -> None:
+    """``copy_to`` splicing into a pipe that its reader drains slowly: every byte arrives,
+    and while the pipe is full the copy waits for room (the splice fails with EAGAIN when
+    the destination is full, as when the source is empty: retrying at once would spin)."""
+    image = layout_builder.add_image("t", [random_layer(9, 3 * 1024 * 1024)], compression=None)
+    layer = image.layers[0]
+    calls = [0]
+    real_splice = os.splice
+
+    def counting_splice(*args: Any, **kwargs: Any) -> int:
+        calls[0] += 1
+        return real_splice(*args, **kwargs)
+
+    monkeypatch.setattr(os, "splice", counting_splice)
+    r, w = os.pipe()
+    received: List[bytes] = []
+
+    def drain() -> None:
+        with open(r, "rb", buffering=0) as f:
+            while chunk := f.read(65536):
+                received.append(chunk)
+                threading.Event().wait(0.002)  # a slow consumer, not a synchronisation
+
+    consumer = threading.Thread(target=drain)
+    consumer.start()
+    try:
+        with open_proxy(front, config) as proxy, proxy.open_image(layout_builder.ref("t")) as img:
+            if skopeo_release.has_protocol("0.2.8"):
+                blob = proxy.get_raw_blob(img, layer.digest, layer.size)  # nothing hashes
+            else:
+                blob = proxy.get_blob(img, layer.digest, layer.size)  # skopeo verifies
+            with blob:
+                assert blob.copy_to(w) == layer.size
+    finally:
+        os.close(w)
+        consumer.join()
+    assert b"".join(received) == layer.blob
+    # a splice per time the pipe has room, tens of them; a spin makes thousands
+    assert 0 < calls[0] < 2000

@@ -65,6 +65,13 @@ def peer_closed(sock: socket.socket) -> bool:
         return True
 
 
+def readable_now(fd: int) -> bool:
+    """Whether a read of ``fd`` would not block now (data, EOF or an error is there)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
+
+
 def new_receive_buffer() -> bytearray:
     """A buffer large enough for any reply (see MAX_REPLY_SIZE)."""
     return bytearray(MAX_REPLY_SIZE)

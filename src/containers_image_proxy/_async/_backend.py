@@ -252,6 +252,22 @@ async def wait_readable(fd: int, timeout: Optional[float]) -> bool:
         loop.remove_reader(fd)
 
 
+async def wait_writable(fd: int) -> None:
+    """Wait until ``fd`` (a full pipe the caller gave) takes data again, on a loop writer."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await fut
+    finally:
+        loop.remove_writer(fd)
+
+
 async def sleep(seconds: float) -> None:
     """Wait before a retry."""
     await asyncio.sleep(seconds)

@@ -15,7 +15,7 @@ from .._core.actions import Op, T
 from .._errors import ProxyError
 from .._stream import copying as pipeline
 from .._stream import ends as streaming
-from .._transport import READ_CHUNK, Writable, write_all
+from .._transport import READ_CHUNK, Writable, readable_now, write_all
 from . import _backend as backend
 
 if TYPE_CHECKING:
@@ -201,7 +201,10 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
             try:
                 return os.splice(fd, out, count, flags=os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
-                await self._wait_data(fd)
+                if readable_now(fd):  # the destination is a full pipe: wait for room there
+                    await backend.wait_writable(out)
+                else:
+                    await self._wait_data(fd)
 
     async def _copy_with_helpers(self, out: int, buffers: int) -> None:
         """Read here while helper threads hash and write (see _stream.copying)."""

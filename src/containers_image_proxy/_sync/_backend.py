@@ -192,6 +192,13 @@ class Link(LinkBase):
                 pass
 
 
+def wait_writable(fd: int) -> None:
+    """Wait until ``fd`` (a full pipe the caller gave) takes data again."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT | select.POLLERR)
+    poller.poll()
+
+
 def wait_exit(process: SkopeoProcess, timeout: float) -> Optional[int]:
     """Reap skopeo if it exits within ``timeout`` seconds."""
     return process.wait(timeout)
