@@ -12,7 +12,7 @@ from typing import Optional, Protocol, Union
 
 from .._config import ProxyConfig
 from .._errors import ConfigurationError, ProxyError
-from .._process import SkopeoProcess
+from .._link import LinkBase
 from .._reference import ImageReference
 from .protocol import Feature, Version, format_version, has_feature, require_feature
 
@@ -109,24 +109,12 @@ class Session:
         return img.image_id
 
 
-class LinkState(Protocol):
-    """What a front end's connection tells without I/O (pools read it)."""
-
-    @property
-    def process(self) -> Optional[SkopeoProcess]:
-        """The skopeo process, once spawned."""
-
-    @property
-    def closed(self) -> bool:
-        """Whether the connection was closed or torn down."""
-
-
 class FrontEnd:
     """What the sync and asyncio proxies share that involves no I/O."""
 
     _config: ProxyConfig
     _session: Session
-    _link: LinkState
+    _link: LinkBase
 
     @property
     def config(self) -> ProxyConfig:
