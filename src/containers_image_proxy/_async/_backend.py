@@ -7,7 +7,8 @@ it calls these names, and ``_sync/_backend.py`` offers the same ones for threads
   its ticket queued (``_core.connection.Connection``); a reader callback on the socket resolves
   the tickets first in, first out. A task cancelled while waiting leaves its ticket queued,
   marked abandoned, so the reply stream never shifts; its reply is released when it comes.
-- :func:`wait_readable`: a loop reader on the descriptor (not ``poll``, which would block).
+- :func:`wait_readable`, :func:`wait_writable`: a loop reader (writer) on the descriptor,
+  not ``poll``, which would block; :func:`wait_exit` and :func:`sleep` do not block either.
 - :func:`hash_bytes` and :data:`CANCELLED`: large chunks are hashed on worker threads, not on
   the loop; a read cancelled while its bytes are hashed keeps them for the next read.
 - :class:`ReturnedBuffers`: the copy's writer thread hands buffers back to the loop.

@@ -7,7 +7,8 @@ names, which ``_async/_backend.py`` offers for the event loop:
   queued and sent at once (``_core.connection.Connection`` keeps their order); whichever waiting
   thread finds nobody receiving becomes the receiver and hands each reply to its ticket, so
   threads never wait on each other's requests more than the proxy itself makes them.
-- :func:`wait_readable`: ``poll``.
+- :func:`wait_readable`, :func:`wait_writable`: ``poll``; :func:`wait_exit` and
+  :func:`sleep` block the calling thread.
 - :func:`hash_bytes` and :data:`CANCELLED`: bytes are hashed on the reading thread, which
   nothing cancels.
 - :class:`ReturnedBuffers`: the copy's writer thread hands buffers back through a queue.
