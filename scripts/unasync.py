@@ -37,6 +37,7 @@ SUBSTITUTIONS = [
     (r"\b__anext__\b", "__next__"),
     (r"\bStopAsyncIteration\b", "StopIteration"),
     (r"\bdrive_async\b", "drive"),
+    (r"\b(list_tags|fetch_index)_async\b", r"\1"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAsync(ImageProxy|BlobReader|ProxyPool)\b", r"\1"),
     (r"\basyncio front end\b", "sync front end"),

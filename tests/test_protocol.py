@@ -179,10 +179,20 @@ def test_error_reply_becomes_request_error() -> None:
 
 
 def test_error_reply_retryable_code() -> None:
-    data = reply(success=False, pipeid=0, error="blob unknown", error_code="retryable")
+    data = reply(success=False, pipeid=0, error="read: i/o error", error_code="retryable")
     with pytest.raises(RequestError) as e:
         decode_reply("GetRawBlob", data, [])
     assert e.value.retryable is True
+
+
+def test_absent_content_is_never_retryable() -> None:
+    # skopeo 1.22 codes a registry's "blob unknown" as retryable: asking again is in vain
+    data = reply(success=False, pipeid=0, error="blob unknown to registry", error_code="retryable")
+    with pytest.raises(RequestError) as e:
+        decode_reply("GetRawBlob", data, [])
+    assert e.value.error_code == "retryable" and e.value.retryable is False
+    assert not is_retryable("open /l/blobs/sha256/ab: no such file or directory", "retryable")
+    assert not is_retryable("invalid status code from registry 404 (Not Found)", None)
 
 
 def test_error_reply_without_code_is_classified_from_text() -> None:

@@ -16,6 +16,7 @@ from ._core.session import OpenedImage
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
+    ImageNotFoundError,
     MetadataTooLargeError,
     ProtocolError,
     ProxyClosedError,
@@ -67,6 +68,7 @@ __all__ = [
     "ImageConfig",
     "ImageIndex",
     "ImageManifest",
+    "ImageNotFoundError",
     "ImageProxy",
     "ImageReference",
     "LayerDigestError",

@@ -141,6 +141,28 @@ def build_command(
     auth.json; ``supports_user_agent_prefix`` says whether this skopeo knows the flag
     (releases before 1.21 exit on an unknown flag, so it is dropped rather than passed).
     """
+    return build_skopeo_command(
+        config,
+        ("experimental-image-proxy",),
+        auth_fd=auth_fd,
+        supports_user_agent_prefix=supports_user_agent_prefix,
+    )
+
+
+def build_skopeo_command(
+    config: ProxyConfig,
+    command: Sequence[str],
+    *,
+    auth_fd: Optional[int] = None,
+    supports_user_agent_prefix: bool = False,
+) -> Tuple[str, ...]:
+    """The argv of a skopeo ``command`` (``experimental-image-proxy``, ``list-tags``,
+    ``inspect --raw``) with this configuration's global and image flags.
+
+    Every command it serves takes the same image flags (credentials, certificates, TLS),
+    so the proxy and the one-shot commands reach a registry the same way. Secrets never
+    appear: ``auth_data`` is named by its inherited descriptor ``auth_fd``.
+    """
     if config.auth_data is not None and auth_fd is None:
         raise ConfigurationError("auth_data needs an inherited descriptor")
     argv = list(config.skopeo)
@@ -163,7 +185,7 @@ def build_command(
     if config.user_agent_prefix is not None and supports_user_agent_prefix:
         argv += ["--user-agent-prefix", config.user_agent_prefix]
 
-    argv.append("experimental-image-proxy")
+    argv += command
     if config.authfile is not None:
         argv += ["--authfile", os.fspath(config.authfile)]
     elif auth_fd is not None:

@@ -108,6 +108,22 @@ class RequestError(ProxyError):
         super().__init__(f"{method}: {message}")
 
 
+class ImageNotFoundError(RequestError):
+    """The image does not exist, as opposed to: it could not be looked at.
+
+    Raised by ``open_image`` (``open_image_optional`` returns None instead), ``list_tags``
+    and ``fetch_index``. ``reference`` is the image (or repository) asked for. What each
+    transport can tell apart is listed in docs/transports.md; an unreachable registry, a
+    refused login or a permission error stays a plain :class:`RequestError`.
+    """
+
+    def __init__(
+        self, method: str, message: str, error_code: Optional[str] = None, reference: str = ""
+    ) -> None:
+        super().__init__(method, message, error_code, retryable=False)
+        self.reference = reference
+
+
 class BlobVerificationError(ProxyError):
     """A blob's size or digest differs from the one asked for."""
 
@@ -152,6 +168,7 @@ def unless_already_failing(exc_type: object) -> ContextManager[object]:
 __all__ = [
     "BlobVerificationError",
     "ConfigurationError",
+    "ImageNotFoundError",
     "MetadataTooLargeError",
     "ProtocolError",
     "ProxyClosedError",

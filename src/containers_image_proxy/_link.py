@@ -28,6 +28,11 @@ class LinkBase:
         self._buf = new_receive_buffer()
         self._finalizer: Optional[weakref.finalize[[], object]] = None
 
+    @property
+    def usable(self) -> bool:
+        """Whether requests may still be sent: started, neither closed nor failed."""
+        return self.process is not None and not self.closed and self._conn.failure is None
+
     def _adopt(self, process: SkopeoProcess, owner: object) -> None:
         """Take ``process`` on; it is killed and reaped if ``owner`` is dropped unclosed."""
         self.process = process

@@ -11,7 +11,7 @@ import array
 import os
 import select
 import socket
-from typing import List, Protocol, Tuple
+from typing import List, Optional, Protocol, Tuple
 
 from ._core.protocol import MAX_REPLY_SIZE
 from ._core.protocol import close_fds as close_fds  # one implementation, shared
@@ -63,6 +63,14 @@ def peer_closed(sock: socket.socket) -> bool:
         return bool(poller.poll(0))
     except OSError:
         return True
+
+
+def wait_readable(fd: int, timeout: Optional[float]) -> bool:
+    """Whether ``fd`` becomes readable within ``timeout`` seconds (None: no limit), blocking
+    the calling thread (the sync front end, one-shot skopeo commands)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
 
 
 def readable_now(fd: int) -> bool:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 from typing import List, Optional, Tuple, Union
 
+from .. import _catalog as catalog
 from .._config import ProxyConfig
 from .._core.session import OpenedImage
 from .._errors import ProxyClosedError, ProxyError, unless_already_failing
-from .._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from .._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from .._pooling import DEFAULT_SIZE, Members, PoolFront, raise_collected, usable
 from .._reference import ImageReference
 from . import _backend as backend
@@ -182,6 +183,18 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
         return self._members.owner(img)
 
     # --- the methods of AsyncImageProxy -------------------------------------------------
+
+    async def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
+        """:meth:`AsyncImageProxy.list_tags` with the pool's configuration (no member is
+        used)."""
+        return await catalog.list_tags_async(self.config, repository)
+
+    async def fetch_index(
+        self, reference: Union[str, ImageReference]
+    ) -> Optional[Tuple[Digest, ImageIndex]]:
+        """:meth:`AsyncImageProxy.fetch_index` with the pool's configuration (no member is
+        used)."""
+        return await catalog.fetch_index_async(self.config, reference)
 
     async def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
         """Open an image on the least busy member; it stays bound to that member."""

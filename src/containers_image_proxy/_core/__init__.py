@@ -7,4 +7,5 @@
 - ``operations``: every client method once, as a generator of actions: version gates,
   fallbacks, emulation, retries.
 - ``session``: what a front end knows without I/O: the session, opened images.
+- ``notfound``: which skopeo errors mean "the image does not exist", per transport.
 """

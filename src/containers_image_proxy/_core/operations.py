@@ -20,7 +20,7 @@ from typing import (
     Union,
 )
 
-from .._errors import ConfigurationError, ProtocolError, RequestError
+from .._errors import ConfigurationError, ImageNotFoundError, ProtocolError, RequestError
 from .._models import Digest, ImageConfig, ImageManifest, LayerInfo
 from .._reference import ImageReference, as_reference
 from .._stream.ends import backoff
@@ -33,6 +33,7 @@ from .actions import (
     call_piped,
     open_stream,
 )
+from .notfound import LAZY_TRANSPORTS, image_not_found
 from .protocol import (
     MAX_JSON_INT,
     Arg,
@@ -41,7 +42,6 @@ from .protocol import (
     decode_json,
     format_version,
     has_feature,
-    is_not_found,
     parse_version,
 )
 from .session import Session
@@ -66,12 +66,54 @@ def _image_id(value: JSONValue, method: str) -> int:
     return value
 
 
+def _not_found(e: RequestError, ref: ImageReference) -> Optional[ImageNotFoundError]:
+    """The ImageNotFoundError that ``e`` means for ``ref``, or None if it means something else."""
+    if isinstance(e, ImageNotFoundError):
+        return e
+    if not image_not_found(e.message, ref.transport):
+        return None
+    return ImageNotFoundError(e.method, e.message, e.error_code, str(ref))
+
+
+def _opened(session: Session, image_id: int, ref: ImageReference) -> Op[None]:
+    """Record an opened image; for transports that open without looking, read the manifest
+    once, so that a missing image is reported by the open (the image is closed again) and
+    not by the first read.
+
+    Any other error is left for the caller's first read to meet, as without this check.
+    The image is recorded first: if the check is abandoned, Shutdown still closes it.
+    """
+    session.open_images.add(image_id)
+    if ref.transport not in LAZY_TRANSPORTS:
+        return
+    try:
+        yield from call_piped("GetManifest", (image_id,))
+    except RequestError as e:
+        missing = _not_found(e, ref)
+        if missing is None:
+            return
+        session.open_images.discard(image_id)
+        try:
+            yield from call("CloseImage", (image_id,))
+        except RequestError:
+            pass  # the image is unusable either way; the missing image is what to report
+        raise missing from None
+
+
 def open_image(session: Session, reference: Union[str, ImageReference]) -> Op[int]:
-    """OpenImage; the result is the image id."""
+    """OpenImage; the result is the image id. A missing image raises ImageNotFoundError."""
     ref = as_reference(reference)
-    image_id = _image_id((yield from call("OpenImage", (str(ref),))), "OpenImage")
+    try:
+        value = yield from call("OpenImage", (str(ref),))
+    except RequestError as e:
+        missing = _not_found(e, ref)
+        if missing is not None:
+            raise missing from None
+        raise
+    image_id = _image_id(value, "OpenImage")
     if image_id == 0:
         raise ProtocolError("OpenImage returned the not-found image id 0")
+    yield from _opened(session, image_id, ref)
     return image_id
 
 
@@ -80,10 +122,10 @@ def open_image_optional(
 ) -> Op[Optional[int]]:
     """OpenImageOptional, or OpenImage with the not-found errors classified (before 0.2.4).
 
-    The result is the image id, or None when the image does not exist. Errors that older
-    releases report for a missing image but newer ones map to "not found" (a missing tag in
-    an oci: layout on 1.18) are classified here too, so the answer does not depend on the
-    skopeo release.
+    The result is the image id, or None exactly where :func:`open_image` raises
+    ImageNotFoundError. Errors that skopeo's own OpenImageOptional does not classify (a
+    missing layout directory or archive, a missing tag in an oci: layout on 1.18) are
+    classified here too, so the answer does not depend on the skopeo release.
     """
     ref = as_reference(reference)
     native = session.supports(Feature.OPEN_IMAGE_OPTIONAL)
@@ -91,16 +133,33 @@ def open_image_optional(
     try:
         value = yield from call(method, (str(ref),))
     except RequestError as e:
-        if is_not_found(e.message):
+        if _not_found(e, ref) is not None:
             return None
         raise
     image_id = _image_id(value, method)
-    return image_id or None
+    if not image_id:
+        return None
+    try:
+        yield from _opened(session, image_id, ref)
+    except ImageNotFoundError:
+        return None
+    return image_id
 
 
-def close_image(image_id: int) -> Op[None]:
+def close_image(session: Session, image_id: int) -> Op[None]:
     """CloseImage."""
+    session.open_images.discard(image_id)
     yield from call("CloseImage", (image_id,))
+
+
+def close_open_images(session: Session) -> Op[None]:
+    """CloseImage for every image still open (before Shutdown); refusals are ignored."""
+    while session.open_images:
+        image_id = session.open_images.pop()
+        try:
+            yield from call("CloseImage", (image_id,))
+        except RequestError:
+            pass
 
 
 def fetch_manifest_raw(image_id: int) -> Op[Tuple[Digest, bytes]]:
@@ -229,6 +288,7 @@ def get_raw_blob(
 
 __all__ = [
     "close_image",
+    "close_open_images",
     "fetch_config",
     "fetch_config_raw",
     "fetch_manifest",

@@ -382,13 +382,26 @@ _NOT_FOUND_TEXT = re.compile(
 )
 
 
+# What a registry or a store says of content that is not there. Asking again cannot make
+# it appear, whatever the code: skopeo 1.22 codes a registry's "blob unknown" as retryable.
+_ABSENT_TEXT = re.compile(
+    r"blob unknown|manifest unknown|name unknown|repository name not known"
+    r"|no such file or directory|invalid status code from registry 404",
+    re.IGNORECASE,
+)
+
+
 def is_retryable(message: str, error_code: Optional[str]) -> bool:
     """Whether an error may go away if the request is sent again.
 
-    The proxy's code is trusted when it says "retryable" or "EPIPE" (we closed the pipe);
+    Content that is not there (a blob the registry does not know, a file missing from a
+    layout) is never retried, even when the proxy codes it "retryable". Otherwise the
+    proxy's code is trusted when it says "retryable" or "EPIPE" (we closed the pipe);
     "other" still gets the text check, since containers/image does not classify a
     connection cut mid-body (``unexpected EOF``) as retryable, though it is transient.
     """
+    if _ABSENT_TEXT.search(message) is not None:
+        return False
     if error_code == "retryable":
         return True
     if error_code == "EPIPE":

@@ -8,7 +8,7 @@ proxy; :class:`FrontEnd` is what both front ends answer from these alone.
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Protocol, Union
+from typing import Optional, Protocol, Set, Union
 
 from .._config import ProxyConfig
 from .._errors import ConfigurationError, ProxyError
@@ -74,11 +74,14 @@ class OpenedImage:
 
 
 class Session:
-    """What one connection knows: the proxy's version and configuration. No I/O."""
+    """What one connection knows, without I/O: version, configuration, the images open."""
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.version: Optional[Version] = None
+        # The ids of the images opened and not closed yet: closed before Shutdown, since
+        # skopeo (1.9.3) leaves an oci-archive's extracted copy behind for an image still open.
+        self.open_images: Set[int] = set()
 
     @property
     def protocol_version(self) -> str:

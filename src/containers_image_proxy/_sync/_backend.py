@@ -38,6 +38,7 @@ from .._process import SkopeoProcess
 from .._stream.copying import Coalescer
 from .._stream.state import BlobStream
 from .._transport import READ_CHUNK, peer_closed, receive_reply
+from .._transport import wait_readable as wait_readable  # poll, shared with _oneshot
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -53,13 +54,6 @@ _Received = Union[ProxyError, Tuple[bytes, List[int], bool]]
 def start_in_init(start: Callable[[], None]) -> None:
     """A sync proxy or pool is started by its constructor."""
     start()
-
-
-def wait_readable(fd: int, timeout: Optional[float]) -> bool:
-    """Whether ``fd`` becomes readable within ``timeout`` seconds (None: no limit)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
 
 
 class Link(LinkBase):

@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 from typing import List, Optional, Tuple, Union
 
+from .. import _catalog as catalog
 from .._config import ProxyConfig
 from .._core.session import OpenedImage
 from .._errors import ProxyClosedError, ProxyError, unless_already_failing
-from .._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from .._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from .._pooling import DEFAULT_SIZE, Members, PoolFront, raise_collected, usable
 from .._reference import ImageReference
 from . import _backend as backend
@@ -184,6 +185,18 @@ class ProxyPool(PoolFront[ImageProxy]):
         return self._members.owner(img)
 
     # --- the methods of ImageProxy -------------------------------------------------
+
+    def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
+        """:meth:`ImageProxy.list_tags` with the pool's configuration (no member is
+        used)."""
+        return catalog.list_tags(self.config, repository)
+
+    def fetch_index(
+        self, reference: Union[str, ImageReference]
+    ) -> Optional[Tuple[Digest, ImageIndex]]:
+        """:meth:`ImageProxy.fetch_index` with the pool's configuration (no member is
+        used)."""
+        return catalog.fetch_index(self.config, reference)
 
     def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
         """Open an image on the least busy member; it stays bound to that member."""

@@ -14,6 +14,7 @@ import hashlib
 import os
 from typing import List, Optional, Tuple, Union
 
+from .. import _catalog as catalog
 from .._config import ProxyConfig
 from .._core import operations as ops
 from .._core.actions import (
@@ -43,7 +44,7 @@ from .._errors import (
     RequestError,
     unless_already_failing,
 )
-from .._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from .._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from .._process import SkopeoProcess
 from .._reference import ImageReference, as_reference
 from .._stream import ends as streaming
@@ -117,20 +118,34 @@ class ImageProxy(FrontEnd):
         return f"<{type(self).__name__} pid={pid} {state}>"
 
     def close(self) -> None:
-        """Send Shutdown, reap skopeo, and raise ProxyExitedError if it exited non-zero."""
+        """Close the images still open, send Shutdown, reap skopeo, and raise
+        ProxyExitedError if it exited non-zero."""
+        failure = self._close_open_images()
         outstanding = self._link.shut_down()
-        if outstanding is None:
-            return
-        process, already_failed = outstanding
-        code = backend.wait_exit(process, 10.0)
-        if code is None:
-            process.kill()
-            code = process.proc.returncode
-        stderr = process.stderr_tail()
-        self._link.detach()
-        process.release()
-        if code != 0 and not already_failed:
-            raise ProxyExitedError(code, stderr, "shutdown")
+        if outstanding is not None:
+            process, already_failed = outstanding
+            code = backend.wait_exit(process, 10.0)
+            if code is None:
+                process.kill()
+                code = process.proc.returncode
+            stderr = process.stderr_tail()
+            self._link.detach()
+            process.release()
+            if code != 0 and not already_failed:
+                raise ProxyExitedError(code, stderr, "shutdown")
+        if failure is not None:
+            raise failure
+
+    def _close_open_images(self) -> Optional[ProxyError]:
+        """Close the images still open; the error that ended the connection meanwhile."""
+        # skopeo 1.9.3 leaves an oci-archive's extracted copy in /var/tmp for an image
+        # still open at Shutdown; a proxy that failed is past asking.
+        if self._link.usable and self._session.open_images:
+            try:
+                self._run(ops.close_open_images(self._session))
+            except ProxyError as e:
+                return e  # skopeo died: close() reports it as Shutdown would have
+        return None
 
     # --- performing actions -------------------------------------------------------------
 
@@ -255,17 +270,49 @@ class ImageProxy(FrontEnd):
     # --- public methods -----------------------------------------------------------------
 
     def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
-        """Open an image, for example ``"docker://registry.example/app:1.0"``."""
+        """Open an image, for example ``"docker://registry.example/app:1.0"``.
+
+        Raises :class:`ImageNotFoundError` if it does not exist (what each transport can
+        tell: docs/transports.md), :class:`RequestError` if it could not be looked at.
+        """
         ref = as_reference(reference)
         return OpenedImage(self, self._run(ops.open_image(self._session, ref)), ref)
 
     def open_image_optional(
         self, reference: Union[str, ImageReference]
     ) -> Optional[OpenedImage]:
-        """Open an image, or return None if it does not exist (emulated before 0.2.4)."""
+        """Open an image, or return None exactly where :meth:`open_image` raises
+        :class:`ImageNotFoundError`; other failures raise :class:`RequestError`."""
         ref = as_reference(reference)
         image_id = self._run(ops.open_image_optional(self._session, ref))
         return None if image_id is None else OpenedImage(self, image_id, ref)
+
+    def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
+        """The tags of ``repository``: ``docker://registry/repo`` (no tag), a
+        ``docker-archive:`` file (its references, such as ``docker.io/library/x:1``) or an
+        ``oci:`` layout directory (the names in its index.json), in the order listed.
+
+        Runs ``skopeo list-tags`` with this proxy's configuration (credentials,
+        certificates, TLS, registries.conf); layouts are read directly. Raises
+        :class:`ImageNotFoundError` for a repository, archive or layout that is not there,
+        :class:`RequestError` for other failures, :class:`ConfigurationError` for other
+        transports or a reference with a tag.
+        """
+        return catalog.list_tags(self._config, repository)
+
+    def fetch_index(
+        self, reference: Union[str, ImageReference]
+    ) -> Optional[Tuple[Digest, ImageIndex]]:
+        """The manifest list or OCI index of ``reference`` as stored, with its own digest
+        (sha256 of its bytes); None for an image with a single manifest.
+
+        Each instance opens by digest: ``docker://registry/repo@sha256:...`` (for layouts see
+        docs/transports.md). Runs ``skopeo inspect --raw`` with this proxy's configuration;
+        the answer is bounded to 4 MiB. Raises :class:`ImageNotFoundError` for a missing
+        image, :class:`RequestError` for other failures, :class:`ProtocolError` for an
+        answer that is not a valid index.
+        """
+        return catalog.fetch_index(self._config, reference)
 
     def close_image(self, img: OpenedImage) -> None:
         """Release an opened image in the proxy. Closing twice is harmless."""
@@ -275,7 +322,7 @@ class ImageProxy(FrontEnd):
         img._closed = True
         if self._link.closed:
             return
-        self._run(ops.close_image(image_id))
+        self._run(ops.close_image(self._session, image_id))
 
     def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
         """The image's manifest in OCI form, and the digest of the manifest as stored."""

@@ -12,6 +12,7 @@ from typing import Optional
 from .._core.protocol import is_not_found
 from .._errors import (
     ConfigurationError,
+    ImageNotFoundError,
     ProxyError,
     RequestError,
     SkopeoNotFoundError,
@@ -47,6 +48,8 @@ def exit_code(exc: BaseException) -> int:
         return exc.code
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
+    if isinstance(exc, ImageNotFoundError):
+        return NOT_FOUND
     if isinstance(exc, RequestError):
         # skopeo reports a missing image (or tag, or blob) as an error reply; its text is
         # the only thing that tells it from a registry that could not be reached.

@@ -16,6 +16,7 @@ import traceback
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from ._catalog import cmd_index, cmd_tags
 from ._commands import (
     Context,
     cmd_blob,
@@ -53,6 +54,8 @@ COMMANDS: Dict[str, Command] = {
     "ls": cmd_ls,
     "unpack": cmd_unpack,
     "pull": cmd_pull,
+    "tags": cmd_tags,
+    "index": cmd_index,
     "exists": cmd_exists,
 }
 

@@ -16,6 +16,7 @@ import sys
 from typing import IO, Any, Callable, NoReturn, Optional, Sequence
 
 from .._config import DEFAULT_MAX_METADATA_SIZE, ProxyConfig
+from ._catalog import add_index_arguments, add_tags_arguments
 from ._errors import USAGE, CliError
 
 PROG = "containers-image-proxy"
@@ -330,6 +331,25 @@ COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
         "the proxy returns, which is the stored digest unless skopeo converted it).",
         ("pull docker://quay.io/libpod/busybox:latest ./layout:busybox",),
         _add_pull,
+    ),
+    (
+        "tags",
+        "the tags of a repository, one per line",
+        "List the tags of REPOSITORY: a registry repository (docker://REGISTRY/REPO, no\n"
+        "tag), the references in a docker-archive: file, or the tags of an oci: layout.\n"
+        "Exit status 3 if the repository, archive or layout does not exist.",
+        ("tags docker://quay.io/libpod/busybox", "tags --json oci:/srv/oci"),
+        add_tags_arguments,
+    ),
+    (
+        "index",
+        "the platforms of a multi-platform image (its index as stored)",
+        "Print the manifest list or OCI index of IMAGE: its digest and one row per\n"
+        "instance (platform, digest, size, media type); with --json the index itself.\n"
+        "Each instance opens by digest (docker://REPO@DIGEST). Exit status 1 for an image\n"
+        "with a single manifest, 3 if IMAGE does not exist.",
+        ("index docker://quay.io/libpod/busybox:latest", "index --json oci:/srv/oci:app"),
+        add_index_arguments,
     ),
     (
         "exists",
