@@ -10,6 +10,7 @@ import pytest
 
 from containers_image_proxy import (
     ConfigurationError,
+    ImageNotFoundError,
     ProtocolError,
     ProxyConfig,
     ProxyTooOldError,
@@ -71,6 +72,49 @@ def test_open_image_optional_emulated_on_0_2_3() -> None:
         Script(RequestError("OpenImage", "x509: unknown authority")).run(
             ops.open_image_optional(s, "docker://x/y:z")
         )
+
+
+def test_open_image_records_the_image_and_classifies_missing() -> None:
+    s = session((0, 2, 8))
+    assert Script(3).run(ops.open_image(s, "oci:/x:y")) == 3
+    assert s.open_images == {3}
+    missing = RequestError("OpenImage", "open /l/index.json: no such file or directory")
+    with pytest.raises(ImageNotFoundError) as e:
+        Script(missing).run(ops.open_image(s, "oci:/l:y"))
+    assert e.value.reference == "oci:/l:y" and s.open_images == {3}
+    # the same text for another transport says nothing about the image
+    with pytest.raises(RequestError) as other:
+        Script(missing).run(ops.open_image(s, "docker://x/y:z"))
+    assert not isinstance(other.value, ImageNotFoundError)
+
+
+def test_lazy_transport_is_checked_at_open() -> None:
+    s = session((0, 2, 8))
+    gone = RequestError("GetManifest", "open /d/manifest.json: no such file or directory")
+    script = Script(5, gone, None)
+    with pytest.raises(ImageNotFoundError):
+        script.run(ops.open_image(s, "dir:/d"))
+    assert script.actions == [
+        actions.Call("OpenImage", ("dir:/d",)),
+        actions.CallPiped("GetManifest", (5,)),
+        actions.Call("CloseImage", (5,)),
+    ]
+    assert s.open_images == set()
+    assert Script(5, gone, None).run(ops.open_image_optional(s, "dir:/d")) is None
+    # any other failure is left for the first read, and the image stays open
+    damaged = RequestError("GetManifest", "manifest.json: permission denied")
+    assert Script(6, damaged).run(ops.open_image(s, "dir:/d")) == 6
+    assert s.open_images == {6}
+
+
+def test_close_open_images_closes_each_once_and_ignores_refusals() -> None:
+    s = session((0, 2, 8))
+    s.open_images.update({1, 2, 3})
+    Script(None).run(ops.close_image(s, 2))
+    script = Script(RequestError("CloseImage", "no such image"), None)
+    script.run(ops.close_open_images(s))
+    assert sorted(a.args[0] for a in script.actions) == [1, 3]  # type: ignore[union-attr]
+    assert s.open_images == set()
 
 
 def test_open_image_rejects_zero_and_garbage_ids() -> None:
