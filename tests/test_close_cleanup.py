@@ -23,6 +23,7 @@ from containers_image_proxy import (
     ProxyExitedError,
     ProxyPool,
 )
+from testbed.fronts import open_proxy
 from testbed.images import Layouts, convert
 from testbed.releases import SYSTEM_SKOPEO, SkopeoRelease
 
@@ -97,14 +98,14 @@ def test_async_pool(
 
 
 def test_skopeo_gone_with_images_open_is_reported(
-    no_leaks: None, skopeo_release: SkopeoRelease, archive: str, tmp_path: Path
+    no_leaks: None, skopeo_release: SkopeoRelease, archive: str, tmp_path: Path, front: str
 ) -> None:
     # closing the images meets the dead skopeo: close() still says what became of it
     config = private_tmp(skopeo_release, tmp_path / "tmp")
-    proxy = ImageProxy(config)
-    proxy.open_image(archive)
-    os.kill(proxy._process.pid, signal.SIGKILL)
-    with pytest.raises(ProxyExitedError) as caught:
-        proxy.close()
-    assert caught.value.returncode == -signal.SIGKILL
-    proxy.close()  # twice is harmless
+    with open_proxy(front, config) as proxy:
+        proxy.open_image(archive)
+        os.kill(proxy._process.pid, signal.SIGKILL)
+        with pytest.raises(ProxyExitedError) as caught:
+            proxy.close()
+        assert caught.value.returncode == -signal.SIGKILL
+        proxy.close()  # twice is harmless

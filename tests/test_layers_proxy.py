@@ -240,12 +240,14 @@ def test_cancelling_unpack_async_stops_the_worker_and_cleans_up(tmp_path: Path) 
             if proxy.gate is not None:
                 break
         assert proxy.gate is not None, "the second layer is being read"
-        await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert os.listdir(tmp_path) == [], "no destination, no staged tree"
-        await asyncio.sleep(0.1)
+        for _ in range(100):  # the worker thread closes them as it stops: a deadline
+            if all(r.closed for r in proxy.readers):
+                break
+            await asyncio.sleep(0.05)
         assert all(r.closed for r in proxy.readers)
 
     asyncio.run(main())

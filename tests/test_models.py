@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from containers_image_proxy._core.protocol import MAX_JSON_DEPTH
 from containers_image_proxy._errors import ConfigurationError
 from containers_image_proxy._models import (
     MEDIA_TYPE_DOCKER_CONFIG,
@@ -39,7 +40,6 @@ from containers_image_proxy._models import (
     RootFS,
     RuntimeConfig,
 )
-from containers_image_proxy._protocol import MAX_JSON_DEPTH
 
 D1 = "sha256:" + hashlib.sha256(b"one").hexdigest()
 D2 = "sha256:" + hashlib.sha256(b"two").hexdigest()

@@ -19,7 +19,7 @@ from containers_image_proxy import (
     ProxyConfig,
     RequestError,
 )
-from containers_image_proxy._notfound import image_not_found
+from containers_image_proxy._core.notfound import image_not_found
 from test_cli_support import cli, skopeo_opt
 from testbed._run import run
 from testbed.images import LayoutBuilder, convert, small_image

@@ -18,10 +18,8 @@ from containers_image_proxy import (
     ProxyTooOldError,
     RequestError,
 )
-from containers_image_proxy._blobstream import BlobStream, StreamKind, StreamSpec
-from containers_image_proxy._connection import Connection
-from containers_image_proxy._models import Digest
-from containers_image_proxy._protocol import (
+from containers_image_proxy._core.connection import Connection
+from containers_image_proxy._core.protocol import (
     MAX_JSON_DEPTH,
     MAX_JSON_INT,
     MAX_REQUEST_SIZE,
@@ -41,7 +39,9 @@ from containers_image_proxy._protocol import (
     parse_version,
     require_feature,
 )
-from containers_image_proxy._streaming import StreamEnds
+from containers_image_proxy._models import Digest
+from containers_image_proxy._stream.ends import StreamEnds
+from containers_image_proxy._stream.state import BlobStream, StreamKind, StreamSpec
 
 
 def fd_is_open(fd: int) -> bool:

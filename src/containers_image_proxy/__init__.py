@@ -9,10 +9,10 @@ credentials) for Python programs, streamed without storing the image first::
         digest, manifest = proxy.fetch_manifest(img)
 """
 
-from ._async import AsyncImageProxy
-from ._async_pool import AsyncProxyPool
-from ._async_reader import AsyncBlobReader
+from ._async import AsyncBlobReader, AsyncImageProxy, AsyncProxyPool
 from ._config import ProxyConfig
+from ._core.protocol import Feature
+from ._core.session import OpenedImage
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
@@ -39,14 +39,11 @@ from ._models import (
     RootFS,
     RuntimeConfig,
 )
-from ._operations import OpenedImage
-from ._pool import PoolShutdownError, ProxyPool
+from ._pooling import PoolShutdownError
 from ._progress import TransferProgress
-from ._protocol import Feature
 from ._pull import pull, pull_async
 from ._reference import ImageReference
-from ._sync import ImageProxy
-from ._sync_reader import BlobReader
+from ._sync import BlobReader, ImageProxy, ProxyPool
 from .layers import (
     LayerDigestError,
     LayerFormatError,

@@ -17,9 +17,9 @@ import os
 from typing import Any, List, Optional, Tuple, Union
 
 from ._config import ProxyConfig
+from ._core.notfound import image_not_found
 from ._errors import ConfigurationError, ImageNotFoundError, ProtocolError, RequestError
 from ._models import MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_OCI_INDEX, Digest, ImageIndex
-from ._notfound import image_not_found
 from ._oneshot import MAX_OUTPUT, run_skopeo, run_skopeo_async
 from ._reference import ImageReference, as_reference
 

@@ -21,8 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 from ._config import ProxyConfig, build_skopeo_command
 from ._errors import ProtocolError, ProxyStalledError, RequestError, SkopeoNotFoundError
 from ._process import _child_setup, _spawner, skopeo_help
-from ._sync_reader import wait_readable
-from ._transport import READ_CHUNK
+from ._transport import READ_CHUNK, wait_readable
 
 #: The most a one-shot command may print: the bound on metadata (an index, a tag list).
 MAX_OUTPUT = 4 * 1024 * 1024

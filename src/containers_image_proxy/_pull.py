@@ -37,6 +37,7 @@ from ._models import (
     ImageManifest,
     Platform,
 )
+from ._platform import Wanted, matches, show_platform, show_wanted, wanted_platforms
 from ._progress import Meter, ProgressCallback
 from ._reference import ImageReference, as_reference
 
@@ -65,28 +66,6 @@ class PullResult:
     fetched: int = 0  # blobs downloaded
     present: int = 0  # blobs already in the layout, verified and kept
     converted: list[str] = field(default_factory=list)  # notes on manifests not kept as stored
-
-
-def parse_platform(text: str) -> tuple[str, str, Optional[str]]:
-    """``"linux/arm64/v8"`` -> ``("linux", "arm64", "v8")``; ConfigurationError if malformed."""
-    parts = text.split("/") if isinstance(text, str) else []
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ConfigurationError(f"a platform is os/arch[/variant], got {text!r}")
-    return parts[0], parts[1], (parts[2] if len(parts) == 3 else None)
-
-
-def _matches(desc: Descriptor, wanted: tuple[str, str, Optional[str]]) -> bool:
-    p = desc.platform
-    if p is None:
-        return False
-    os_, arch, variant = wanted
-    if p.os != os_ or p.architecture != arch:
-        return False
-    if variant is None:
-        return True
-    if arch == "arm64":  # arm64 with no variant is v8, as in containers/image
-        return (p.variant or "v8") == variant
-    return p.variant == variant
 
 
 def instance_reference(ref: ImageReference, digest: Digest) -> ImageReference:
@@ -215,7 +194,7 @@ class _Puller:
         self,
         ref: ImageReference,
         platform: Optional[dict[str, Any]] = None,
-        wanted: Optional[list[tuple[str, str, Optional[str]]]] = None,
+        wanted: Optional[list[Wanted]] = None,
     ) -> dict[str, Any]:
         """Pull one image (a single manifest) into the layout; returns its descriptor.
 
@@ -228,11 +207,11 @@ class _Puller:
                 config = self.proxy.fetch_config(img)
                 have = Platform(config.architecture, config.os, config.variant)
                 probe = Descriptor(MEDIA_TYPE_OCI_MANIFEST, Digest.of(b""), 0, platform=have)
-                if not any(_matches(probe, w) for w in wanted):
+                if not any(matches(probe, w) for w in wanted):
                     raise ImageNotFoundError(
                         "OpenImage",
-                        f"{ref} is a single image for {_show(have)},"
-                        f" not for {_show_wanted(wanted)}",
+                        f"{ref} is a single image for {show_platform(have)},"
+                        f" not for {show_wanted(wanted)}",
                         reference=str(ref),
                     )
             stored, raw = self.proxy.fetch_manifest_raw_oci(img)
@@ -306,19 +285,6 @@ def _close_reader(reader: Any, failed: bool) -> None:
         reader.close()
 
 
-def _show(platform: Optional[Platform]) -> str:
-    if platform is None:
-        return "?"
-    variant = f"/{platform.variant}" if platform.variant else ""
-    return f"{platform.os}/{platform.architecture}{variant}"
-
-
-def _show_wanted(wanted: Optional[list[tuple[str, str, Optional[str]]]]) -> str:
-    if wanted is None:
-        return "any platform"
-    return ", ".join("/".join(p for p in w if p) for w in wanted)
-
-
 def default_tag(ref: ImageReference) -> str:
     """The tag a pull of ``ref`` writes when none is given: the reference's own, else latest."""
     if ref.transport == "docker":
@@ -330,17 +296,6 @@ def default_tag(ref: ImageReference) -> str:
         if sep and head and tail and "/" not in tail and "@" not in tail:
             return tail
     return "latest"
-
-
-def _wanted(platforms: Union[str, Sequence[str]]) -> Optional[list[tuple[str, str, Optional[str]]]]:
-    if platforms == "all":
-        return None
-    if isinstance(platforms, str):
-        platforms = [platforms]
-    wanted = [parse_platform(p) for p in platforms]
-    if not wanted:
-        raise ConfigurationError("platforms= names no platform")
-    return wanted
 
 
 def pull_into_layout(
@@ -361,7 +316,7 @@ def pull_into_layout(
     if platforms is None:
         descriptor = puller.pull_image(ref)
     else:
-        descriptor = _pull_platforms(puller, ref, _wanted(platforms))
+        descriptor = _pull_platforms(puller, ref, wanted_platforms(platforms))
     layout.tag(descriptor, tag)
     return PullResult(
         Digest(descriptor["digest"]),
@@ -375,7 +330,7 @@ def pull_into_layout(
 def _pull_platforms(
     puller: _Puller,
     ref: ImageReference,
-    wanted: Optional[list[tuple[str, str, Optional[str]]]],
+    wanted: Optional[list[Wanted]],
 ) -> dict[str, Any]:
     # the index as stored, with its bytes: "all" writes them unchanged
     raw_index = fetch_raw_manifest(puller.proxy.config, ref)
@@ -384,12 +339,12 @@ def _pull_platforms(
         # a single-manifest image: it is all the platforms it has
         return puller.pull_image(ref, wanted=wanted)
     index_digest, index = found
-    chosen = [m for m in index.manifests if wanted is None or any(_matches(m, w) for w in wanted)]
+    chosen = [m for m in index.manifests if wanted is None or any(matches(m, w) for w in wanted)]
     if not chosen:
-        have = ", ".join(_show(m.platform) for m in index.manifests if m.platform) or "none"
+        have = ", ".join(show_platform(m.platform) for m in index.manifests if m.platform) or "none"
         raise ImageNotFoundError(
             "OpenImage",
-            f"{ref} has no instance for {_show_wanted(wanted)} (it has: {have})",
+            f"{ref} has no instance for {show_wanted(wanted)} (it has: {have})",
             reference=str(ref),
         )
     results: dict[int, dict[str, Any]] = {}

@@ -11,6 +11,8 @@ Fixtures:
   layout. Read-only: a test that damages blobs builds its own layout (``layout_builder``).
 - ``layout_builder`` (function): a :class:`~testbed.images.LayoutBuilder` on a fresh
   directory.
+- ``front`` (function): ``"sync"`` or ``"async"``; a test using it runs on both front ends
+  (open the proxy with :func:`testbed.fronts.open_proxy`).
 - ``go_tarlist`` (session): a :class:`~testbed.tarcraft.GoLister`, the Go program listing
   tars with archive/tar, built once (skips when ``go`` is not installed).
 
@@ -26,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from .fronts import FRONTS
 from .images import LayoutBuilder, Layouts, build_standard_layout
 from .registry import Registry
 from .releases import RELEASES_ENV, SkopeoRelease, all_releases, available_releases
@@ -88,6 +91,12 @@ def layouts(tmp_path_factory: pytest.TempPathFactory) -> Layouts:
 @pytest.fixture
 def layout_builder(tmp_path: Path) -> LayoutBuilder:
     return LayoutBuilder(tmp_path / "oci")
+
+
+@pytest.fixture(params=FRONTS)
+def front(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ from typing import IO, Any, Iterator, List, Optional, Tuple
 
 from .. import Feature, RequestError
 from .._config import ProxyConfig
+from .._core.protocol import decode_json
+from .._core.session import OpenedImage
 from .._errors import ConfigurationError, ProxyError
 from .._models import (
     MEDIA_TYPE_DOCKER_CONFIG,
@@ -29,8 +31,6 @@ from .._models import (
     ImageManifest,
     LayerInfo,
 )
-from .._operations import OpenedImage
-from .._protocol import decode_json
 from .._sync import ImageProxy
 from ._errors import FAILURE, NOT_FOUND, OK, USAGE, CliError, exit_code, not_found
 from ._files import AtomicFile, copy_stream, destination_directory

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 from typing import Optional
 
+from .._core.protocol import is_not_found
 from .._errors import (
     ConfigurationError,
     ImageNotFoundError,
@@ -16,7 +17,6 @@ from .._errors import (
     RequestError,
     SkopeoNotFoundError,
 )
-from .._protocol import is_not_found
 from ._quoting import escape_controls, shell_escape
 
 OK = 0

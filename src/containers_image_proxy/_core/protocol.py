@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from ._errors import (
+from .._errors import (
     ConfigurationError,
     MetadataTooLargeError,
     ProtocolError,

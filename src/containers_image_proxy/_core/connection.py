@@ -14,11 +14,14 @@ follow-up requests are returned to the front end, which sends them as abandoned 
 from __future__ import annotations
 
 import collections
-from typing import Any, Deque, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Deque, List, Optional, Sequence, Tuple
 
-from ._errors import ProtocolError, ProxyError, RequestError
-from ._protocol import Arg, PipeReply, RawPipesReply, Reply, decode_reply, encode_request
-from ._transport import close_fds
+from .._errors import ProtocolError, ProxyError, RequestError
+from .._transport import close_fds
+from .protocol import Arg, PipeReply, RawPipesReply, Reply, decode_reply, encode_request
+
+if TYPE_CHECKING:
+    import asyncio
 
 _IMAGE_OPENERS = ("OpenImage", "OpenImageOptional")
 
@@ -39,7 +42,7 @@ class Ticket:
         self.reply: Optional[Reply] = None
         self.error: Optional[BaseException] = None
         #: front-end specific (an asyncio future for the async front end)
-        self.waiter: Any = None
+        self.waiter: Optional[asyncio.Future[None]] = None
 
     def result(self) -> Reply:
         """The reply, or raise the error it got."""
