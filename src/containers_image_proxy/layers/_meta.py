@@ -10,7 +10,8 @@ refused (or clamped) the same way whichever of the three reads it.
 - Owners: uid and gid must be in 0 .. 2**32-2; beyond that chown(2) would silently take
   the low 32 bits (2**32 would become root), and -1 means "unchanged" to it.
 - Devices: major and minor in 0 .. 2**32-1.
-- Sizes: a negative size is refused.
+- Sizes: a size must be in 0 .. 2**63-1 (Go's int64); whether the filesystem can hold
+  it is for unpack to find out (ftruncate), and refuse with the same error type.
 - Extended attributes: a name that is empty, holds a NUL, or is over 255 bytes, and a
   value over 64 KiB, are refused (the kernel refuses them, and so the runtimes fail the
   layer). Names that only the runtime may set are never applied (``IGNORED_XATTRS``,
@@ -152,7 +153,7 @@ def check_entry(info: tarfile.TarInfo) -> tuple[int, int]:
     if info.ischr() or info.isblk():
         _check_int(info.devmajor, "device major", MAX_DEVICE, name)
         _check_int(info.devminor, "device minor", MAX_DEVICE, name)
-    if not isinstance(info.size, int) or info.size < 0:
+    if not isinstance(info.size, int) or not 0 <= info.size < _INT64:
         raise UnsafeLayerError(name, f"size {info.size!r} is not valid")
     entry_xattrs(info)
     return entry_times(info)

@@ -20,15 +20,20 @@ written through a symlink re-creating the same directory in one layer) are appro
 from __future__ import annotations
 
 import errno
+import os
+import tarfile
+import tempfile
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, ProxyError
 from ._apply import OPAQUE_MARKER, WHITEOUT_PREFIX
+from ._content import CHUNK, data_fragments, sparse_map, write_fragments
 from ._errors import UnsafeLayerError
-from ._paths import MAX_SYMLINKS, Path, clean_name, join
+from ._meta import check_entry
+from ._paths import MAX_SYMLINKS, Path, check_link_target, clean_name, join
 from ._source import LayerSource, close_blob
 from ._tarstream import LayerStream
 
@@ -36,6 +41,60 @@ FILE, DIR, SYMLINK, LINK, OTHER = "file", "dir", "symlink", "link", "other"
 _MAX_NAMES = 64  # alternative names of one path through symlinks, at most
 _NO_SEQ = 1 << 62
 _MAX_DEPTH = 32  # nested resolutions (hardlink targets, write-through checks), at most
+_IN_MEMORY = 1024 * 1024  # a kept file's content above this size waits in a temporary file
+
+
+class _Content:
+    """A kept file's content: bytes when small, else a temporary file (holes kept)."""
+
+    def __init__(self, info: tarfile.TarInfo, data: Any, layer: str) -> None:
+        self.size = info.size
+        self._bytes: Optional[bytes] = None
+        self._file: Optional[Any] = None
+        fragments = data_fragments(info, data, layer)
+        if self.size <= _IN_MEMORY:
+            buf = bytearray(self.size)
+            for offset, chunk in fragments:
+                buf[offset : offset + len(chunk)] = chunk
+            self._bytes = bytes(buf)
+            return
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        try:
+            write_fragments(self._file.fileno(), info, fragments)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self) -> bytes:
+        """All of the content."""
+        if self._bytes is not None:
+            return self._bytes
+        out = bytearray()
+        self.copy_to(out.extend)
+        return bytes(out)
+
+    def copy_to(self, write: Callable[[bytes], Any]) -> int:
+        """Hand the content to ``write`` in chunks of at most ``CHUNK`` bytes."""
+        if self._bytes is not None:
+            for i in range(0, len(self._bytes), CHUNK):
+                write(self._bytes[i : i + CHUNK])
+            return len(self._bytes)
+        assert self._file is not None
+        fd = self._file.fileno()
+        done = 0
+        while done < self.size:
+            chunk = os.pread(fd, min(CHUNK, self.size - done), done)
+            if not chunk:
+                raise OSError(errno.EIO, "temporary copy of the file ended early")
+            write(chunk)
+            done += len(chunk)
+        return done
+
+    def close(self) -> None:
+        """Let go of the temporary file, if any."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 @dataclass(frozen=True)
@@ -55,10 +114,25 @@ class _Index:
     whiteouts: dict[Path, int] = field(default_factory=dict)  # path -> entry number
     opaque: dict[Path, int] = field(default_factory=dict)
     parents: dict[Path, int] = field(default_factory=dict)  # implied dir -> first entry
-    data: dict[int, bytes] = field(default_factory=dict)
+    data: dict[int, _Content] = field(default_factory=dict)
+    too_big: dict[int, int] = field(default_factory=dict)  # entry number -> size
     by_base: dict[str, list[Path]] = field(default_factory=dict)
     implicit: set[Path] = field(default_factory=set)
     landings: dict[Path, Optional[Path]] = field(default_factory=dict)
+    # What the layer writes through lower symlinks, by where it lands (built once).
+    through: Optional[_Through] = None
+
+    def close(self) -> None:
+        for content in self.data.values():
+            content.close()
+        self.data.clear()
+
+
+@dataclass
+class _Through:
+    implied: dict[Path, set[Path]]  # landing -> implied directories (raw) landing there
+    whiteouts: set[Path]  # where whiteouts land
+    opaque: set[Path]  # directories made opaque, where they land
 
 
 @dataclass(frozen=True)
@@ -151,10 +225,15 @@ def _through(path: Path, links: dict[Path, str]) -> Path:
 
 
 class MergedReader:
-    """Resolves paths in the merged filesystem of ``sources`` (bottom layer first)."""
+    """Resolves paths in the merged filesystem of ``sources`` (bottom layer first).
 
-    def __init__(self, sources: Sequence[LayerSource]) -> None:
+    With ``max_size``, the content of a file larger than that is never read: asking for
+    it raises ProxyError naming its size. :meth:`close` lets go of temporary files.
+    """
+
+    def __init__(self, sources: Sequence[LayerSource], max_size: Optional[int] = None) -> None:
         self._sources = sources
+        self._max_size = max_size
         self._index: dict[int, _Index] = {}
         self._want: Path = ()
         self._outer_wants: list[Path] = []  # what enclosing resolutions look for
@@ -181,6 +260,11 @@ class MergedReader:
             stream = LayerStream(blob, src.media_type, diff_id=src.diff_id, layer=src.digest)
             for seq, (info, data) in enumerate(stream):
                 try:
+                    check_entry(info)  # as unpack and list_dir check it
+                    if info.isreg():
+                        sparse_map(info, src.digest)
+                    elif info.issym():
+                        check_link_target(info.linkname, info.name)
                     path = _through(clean_name(info.name), links)
                 except UnsafeLayerError as e:
                     raise e.with_layer(src.digest) from None
@@ -212,7 +296,9 @@ class MergedReader:
                         continue  # a hardlink to itself changes nothing (as in unpack)
                 old = idx.entries.get(path)
                 if old is not None:
-                    idx.data.pop(old.seq, None)
+                    replaced = idx.data.pop(old.seq, None)
+                    if replaced is not None:
+                        replaced.close()
                 if kind != DIR and path in idx.parents:
                     # Replacing a directory drops what the layer put in it so far.
                     n = len(path)
@@ -225,12 +311,20 @@ class MergedReader:
                     links[path] = links[link_to]  # a hardlink to a symlink is that symlink
                 else:
                     links.pop(path, None)
-                for i in range(len(path)):
-                    idx.parents.setdefault(path[:i], seq)
+                for i in range(len(path) - 1, -1, -1):
+                    if path[:i] in idx.parents:
+                        break  # and so are all of its prefixes, with an earlier number
+                    idx.parents[path[:i]] = seq
                 if data is not None and (seq == want_seq or path in want):
-                    idx.data[seq] = data.read()
+                    if self._max_size is not None and info.size > self._max_size:
+                        idx.too_big[seq] = info.size  # refused if it is the answer
+                    else:
+                        idx.data[seq] = _Content(info, data, src.digest)
             stream.finish()
             failed = False
+        except BaseException:
+            idx.close()
+            raise
         finally:
             close_blob(blob, failed)
         for path in idx.entries:
@@ -331,19 +425,39 @@ class MergedReader:
         for raw in idx.by_base.get(path[-1], ()):
             if raw != path and lands(raw) == path:
                 return _Found(ENTRY, k, idx.entries[raw])
-        for implied in idx.implicit:
+        through = self._through_map(k, idx, lands)
+        if through.implied.get(path, {path}) - {path}:
             # A directory the layer implies, created through a lower symlink elsewhere.
-            if implied != path and self._landing(k, idx, implied) == path:
-                return _Found(IMPLICIT, k)
-        for raw in idx.whiteouts:
-            spot = lands(raw)
-            if spot is not None and path[: len(spot)] == spot:
-                return _Found(HIDDEN, k)
+            return _Found(IMPLICIT, k)
+        if any(path[:i] in through.whiteouts for i in range(len(path), 0, -1)):
+            return _Found(HIDDEN, k)
+        if any(path[:i] in through.opaque for i in range(len(path) - 1, -1, -1)):
+            return _Found(HIDDEN, k)
+        return None
+
+    def _through_map(
+        self, k: int, idx: _Index, lands: Callable[[Path], Optional[Path]]
+    ) -> _Through:
+        """Where layer ``k``'s implied directories, whiteouts and opaque markers land.
+
+        Built once per layer: looking each of them up again for every path resolved made
+        a lookup cost as much as the layer's size (issue 14).
+        """
+        if idx.through is not None:
+            return idx.through
+        implied: dict[Path, set[Path]] = {}
+        for raw in idx.implicit:
+            spot = self._landing(k, idx, raw)
+            if spot is not None:
+                implied.setdefault(spot, set()).add(raw)
+        whiteouts = {spot for spot in map(lands, idx.whiteouts) if spot is not None}
+        opaque: set[Path] = set()
         for raw in idx.opaque:
             spot = lands((*raw, "")) if raw else None
-            if spot is not None and path[: len(spot) - 1] == spot[:-1] and len(path) >= len(spot):
-                return _Found(HIDDEN, k)
-        return None
+            if spot is not None:
+                opaque.add(spot[:-1])
+        idx.through = _Through(implied, whiteouts, opaque)
+        return idx.through
 
     def _landing(self, k: int, idx: _Index, raw: Path) -> Optional[Path]:
         """The real path of directory ``raw`` as layer ``k`` wrote into it (cached)."""
@@ -491,8 +605,12 @@ class MergedReader:
 
     # --- the answer ----------------------------------------------------------------------
 
-    def read(self, path: str) -> bytes:
-        """The content of the regular file at ``path`` in the merged filesystem."""
+    def open(self, path: str) -> _Content:
+        """The content of the regular file at ``path`` in the merged filesystem.
+
+        Raises FileNotFoundError, IsADirectoryError, OSError (EINVAL) for what is not a
+        regular file, and ProxyError for a file over ``max_size``.
+        """
         if "\0" in path:
             raise ConfigurationError(f"not a valid path: {path!r}")
         # Not cleaned lexically: ".." is resolved as the walk meets it, as the kernel does.
@@ -507,17 +625,66 @@ class MergedReader:
         if node.kind != FILE:
             raise OSError(errno.EINVAL, "not a regular file in the image", path)
         idx = self._index[node.layer]
-        data = idx.data.get(node.seq)
-        if data is None:
+        if node.seq not in idx.data and node.seq not in idx.too_big:
             # Not kept on the first pass (found through a hardlink or a late symlink).
-            data = self._scan(node.layer, set(), node.seq).data.get(node.seq, b"")
-        return data
+            again = self._scan(node.layer, set(), node.seq)
+            idx.data.update(again.data)
+            idx.too_big.update(again.too_big)
+        size = idx.too_big.get(node.seq)
+        if size is not None:
+            raise ProxyError(
+                f"{path}: the file is {size} bytes, over the limit of {self._max_size} bytes"
+            )
+        return idx.data[node.seq]
+
+    def close(self) -> None:
+        """Let go of every kept content (temporary files)."""
+        for idx in self._index.values():
+            idx.close()
+
+    def __enter__(self) -> MergedReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, path: str) -> bytes:
+        """The content of the regular file at ``path`` (see :meth:`open`)."""
+        return self.open(path).read()
 
 
-def read_file_from_layers(sources: Sequence[LayerSource], path: str) -> bytes:
+def _check_max_size(max_size: Optional[int]) -> None:
+    if max_size is not None and (not isinstance(max_size, int) or max_size < 0):
+        raise ConfigurationError(f"max_size must be a size in bytes, not {max_size!r}")
+
+
+def read_file_from_layers(
+    sources: Sequence[LayerSource], path: str, *, max_size: Optional[int] = None
+) -> bytes:
     """Read ``path`` from the merged filesystem of ``sources`` (bottom layer first).
 
     The engine of :func:`read_file`. Raises FileNotFoundError when the merged filesystem
-    has no such file, IsADirectoryError for a directory.
+    has no such file, IsADirectoryError for a directory, and ProxyError naming the size
+    when the file is larger than ``max_size`` (checked before any of it is kept).
     """
-    return MergedReader(sources).read(path)
+    _check_max_size(max_size)
+    with MergedReader(sources, max_size) as reader:
+        return reader.read(path)
+
+
+def copy_file_from_layers(
+    sources: Sequence[LayerSource],
+    path: str,
+    write: Callable[[bytes], Any],
+    *,
+    max_size: Optional[int] = None,
+) -> int:
+    """Hand the file ``path`` of the merged filesystem to ``write``, in bounded chunks.
+
+    Like :func:`read_file_from_layers`, but the content is never held whole in memory (a
+    large one waits in a temporary file, its holes kept, until every layer it depends on
+    is verified). Returns the number of bytes written. Raises as read_file_from_layers.
+    """
+    _check_max_size(max_size)
+    with MergedReader(sources, max_size) as reader:
+        return reader.open(path).copy_to(write)
