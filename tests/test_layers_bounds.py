@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from containers_image_proxy.layers import (
     unpack_layers,
 )
 from containers_image_proxy.layers._content import CHUNK
-from containers_image_proxy.layers._paths import MAX_DEPTH, PATH_MAX
+from containers_image_proxy.layers._paths import MAX_DEPTH, PATH_MAX, remove_at
 from test_layers_support import OCI_TAR, Blob, E, Image, d, f, hl, image, sha256, sym, wh
 
 MIB = 1024 * 1024
@@ -56,6 +57,19 @@ def sparse_layer(tmp: Path, size: int, pieces: dict[int, bytes], fmt: str = "gnu
 
 def leftovers(parent: Path) -> list[str]:
     return [n for n in os.listdir(parent) if ".unpacking-" in n]
+
+
+@pytest.fixture
+def deep_tmp(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path, emptied with the engine's own iterative removal afterwards: pytest's
+    cleanup (shutil.rmtree) recurses, and a 1500-deep tree would break it."""
+    yield tmp_path
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in os.listdir(fd):
+            remove_at(fd, name)
+    finally:
+        os.close(fd)
 
 
 # --- sparse files --------------------------------------------------------------------------
@@ -166,9 +180,9 @@ def test_sparse_size_over_the_filesystem_limit_is_refused(tmp_path: Path) -> Non
 DEEP = "/".join(["a"] * 1499) + "/f"  # 1500 components, 3000 bytes: under PATH_MAX
 
 
-def test_1500_component_name_everywhere(tmp_path: Path) -> None:
+def test_1500_component_name_everywhere(deep_tmp: Path) -> None:
     img = image([f(DEEP, b"deep")])
-    root = tmp_path / "root"
+    root = deep_tmp / "root"
     unpack_layers(img.sources, root, rootless=True)
     fd = os.open(root, os.O_RDONLY)
     try:
@@ -183,20 +197,20 @@ def test_1500_component_name_everywhere(tmp_path: Path) -> None:
     assert [e.name for e in list_dir_from_layers(img.sources, DEEP.rsplit("/", 1)[0])] == ["f"]
 
 
-def test_failure_after_a_deep_tree_leaves_no_staging_directory(tmp_path: Path) -> None:
+def test_failure_after_a_deep_tree_leaves_no_staging_directory(deep_tmp: Path) -> None:
     img = image([f(DEEP, b"deep"), d("ro", mode=0o500)], [hl("stolen", "nothing/here")])
     with pytest.raises(UnsafeLayerError, match="not in the tree"):
-        unpack_layers(img.sources, tmp_path / "root", rootless=True)
-    assert os.listdir(tmp_path) == []
+        unpack_layers(img.sources, deep_tmp / "root", rootless=True)
+    assert os.listdir(deep_tmp) == []
 
 
-def test_deep_opaque_directory_is_emptied(tmp_path: Path) -> None:
+def test_deep_opaque_directory_is_emptied(deep_tmp: Path) -> None:
     deep = "o/" + DEEP
     img = image(
         [f(deep, b"lower"), f("o/keep-below", b"")],
         [d("o", mode=0o750), wh("o/.wh..wh..opq"), f("o/upper", b"u")],
     )
-    root = tmp_path / "root"
+    root = deep_tmp / "root"
     unpack_layers(img.sources, root, rootless=True)
     assert os.listdir(root / "o") == ["upper"]
     assert [e.name for e in list_dir_from_layers(img.sources, "/o")] == ["upper"]
@@ -205,29 +219,29 @@ def test_deep_opaque_directory_is_emptied(tmp_path: Path) -> None:
     # The same tree whited out, then a failure: the cleanup walks it without recursion.
     bad = image([f(deep, b"lower")], [wh(".wh.o"), sym("s", "")])
     with pytest.raises(UnsafeLayerError):
-        unpack_layers(bad.sources, tmp_path / "again", rootless=True)
-    assert leftovers(tmp_path) == []
+        unpack_layers(bad.sources, deep_tmp / "again", rootless=True)
+    assert leftovers(deep_tmp) == []
 
 
-def test_name_over_path_max_is_refused_everywhere(tmp_path: Path) -> None:
+def test_name_over_path_max_is_refused_everywhere(deep_tmp: Path) -> None:
     name = "/".join(["a"] * (PATH_MAX // 2)) + "/f"
     img = image([f("ok", b""), f(name, b"x")])
     with pytest.raises(UnsafeLayerError, match="PATH_MAX"):
-        unpack_layers(img.sources, tmp_path / "root", rootless=True)
-    assert os.listdir(tmp_path) == []
+        unpack_layers(img.sources, deep_tmp / "root", rootless=True)
+    assert os.listdir(deep_tmp) == []
     with pytest.raises(UnsafeLayerError, match="PATH_MAX"):
         list_dir_from_layers(img.sources, "/")
     with pytest.raises(UnsafeLayerError, match="PATH_MAX"):
         read_file_from_layers(img.sources, "/ok")
 
 
-def test_depth_through_a_symlink_is_bounded(tmp_path: Path) -> None:
+def test_depth_through_a_symlink_is_bounded(deep_tmp: Path) -> None:
     # Each name is short; together, through the symlink, they go past MAX_DEPTH.
     target = "/".join(["a"] * (MAX_DEPTH - 10))
     img = image([sym("l", target), f("l/" + "/".join(["b"] * 20) + "/x", b"")])
     with pytest.raises(UnsafeLayerError, match=f"deeper than {MAX_DEPTH}"):
-        unpack_layers(img.sources, tmp_path / "root", rootless=True)
-    assert os.listdir(tmp_path) == []
+        unpack_layers(img.sources, deep_tmp / "root", rootless=True)
+    assert os.listdir(deep_tmp) == []
     with pytest.raises(UnsafeLayerError, match=f"deeper than {MAX_DEPTH}"):
         list_dir_from_layers(img.sources, "/")
 
@@ -265,8 +279,8 @@ _FD_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("limit", [256, 64])
-def test_deep_tree_under_a_small_descriptor_limit(tmp_path: Path, limit: int) -> None:
-    base = tmp_path / "out"
+def test_deep_tree_under_a_small_descriptor_limit(deep_tmp: Path, limit: int) -> None:
+    base = deep_tmp / "out"
     base.mkdir()
     proc = subprocess.run(
         [sys.executable, "-c", _FD_SCRIPT, str(SRC), str(TESTS), str(base), str(limit)],

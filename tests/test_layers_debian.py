@@ -278,8 +278,6 @@ def test_zstd_output_filled_exactly_then_more_input() -> None:
     assert bytes(out) == content
 
 
-
-
 def test_umoci_insert_layers(tmp_path: Path) -> None:
     """Two layers as ``umoci insert`` writes them (the second with ``--opaque``), unpacked
     by the engine and by umoci: the same tree."""
