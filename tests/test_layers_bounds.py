@@ -9,6 +9,7 @@ checked to leave nothing next to the destination.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,8 @@ from containers_image_proxy.layers import (
 from containers_image_proxy.layers._content import CHUNK
 from containers_image_proxy.layers._paths import MAX_DEPTH, PATH_MAX, remove_at
 from test_layers_support import OCI_TAR, Blob, E, Image, d, f, hl, image, sha256, sym, wh
+from testbed.images import LayoutBuilder, make_tar
+from testbed.releases import SkopeoRelease, available_releases
 
 MIB = 1024 * 1024
 TESTS = Path(__file__).resolve().parent
@@ -309,3 +312,62 @@ def test_removed_directories_lose_their_recorded_modes(tmp_path: Path) -> None:
     # k/sub came back in the opaque layer (its own mode), what was under it is gone.
     assert os.stat(root / "k/sub").st_mode & 0o7777 == 0o755
     assert os.listdir(root / "k") == ["sub"]
+
+
+# --- the command line's cat streams --------------------------------------------------------
+
+_CAT_SCRIPT = """
+import resource, sys
+from containers_image_proxy.cli import main
+code = main(sys.argv[1:])
+sys.stderr.write(f"\\nMAXRSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n")
+sys.exit(code)
+"""
+
+
+def _cat_peak(release: SkopeoRelease, ref: str, path: str, out: Path) -> int:
+    """The cat command's peak RSS in KiB (its own process, not skopeo's), output to ``out``."""
+    with open(out, "wb") as fh:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CAT_SCRIPT,
+                "--skopeo",
+                shlex.join(release.argv),
+                "cat",
+                ref,
+                path,
+            ],
+            stdout=fh,
+            stderr=subprocess.PIPE,
+            text=False,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+        )
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, err
+    return int(err.rsplit("MAXRSS ", 1)[1].split()[0])
+
+
+def test_cli_cat_streams_a_large_file(tmp_path: Path) -> None:
+    releases = available_releases()
+    if not releases:
+        pytest.fail("no skopeo release available (run scripts/setup.sh)")
+    size = 160 * MIB
+    sparse = sparse_layer(tmp_path, size, {0: b"first", size - 4: b"last"})
+    builder = LayoutBuilder(tmp_path / "oci")
+    builder.add_image("big", [sparse.layers[0].data, make_tar({"small": b"tiny\n"})])
+    ref = builder.ref("big")
+    small_peak = _cat_peak(releases[-1], ref, "/small", tmp_path / "small.out")
+    assert (tmp_path / "small.out").read_bytes() == b"tiny\n"
+    big_peak = _cat_peak(releases[-1], ref, "/big", tmp_path / "big.out")
+    out = tmp_path / "big.out"
+    assert out.stat().st_size == size
+    with open(out, "rb") as fh:
+        assert fh.read(5) == b"first"
+        fh.seek(size - 4)
+        assert fh.read() == b"last"
+    out.unlink()
+    # Buffered, the file alone would add 160 MiB to the peak; streamed, a few chunks.
+    assert big_peak - small_peak < 48 * 1024, (small_peak, big_peak)
