@@ -121,11 +121,65 @@ class _Index:
     landings: dict[Path, Optional[Path]] = field(default_factory=dict)
     # What the layer writes through lower symlinks, by where it lands (built once).
     through: Optional[_Through] = None
+    trie: Optional[_Mark] = None
 
     def close(self) -> None:
         for content in self.data.values():
             content.close()
         self.data.clear()
+
+
+class _Mark:
+    """A node of a layer's name trie: what the layer says about one path.
+
+    Walking a path through it costs one lookup of a (hash-cached) string per component,
+    where looking each prefix up as a tuple costs the prefix's length: with deep paths
+    the difference is between quadratic and cubic time.
+    """
+
+    __slots__ = ("entry", "implicit", "kids", "opaque", "whiteout")
+
+    def __init__(self) -> None:
+        self.kids: dict[str, _Mark] = {}
+        self.entry: Optional[_Node] = None
+        self.opaque: Optional[int] = None
+        self.whiteout: Optional[int] = None
+        self.implicit = False
+
+
+def _mark(root: _Mark, path: Path) -> _Mark:
+    node = root
+    for part in path:
+        kid = node.kids.get(part)
+        if kid is None:
+            kid = node.kids[part] = _Mark()
+        node = kid
+    return node
+
+
+def _build_trie(idx: _Index) -> _Mark:
+    root = _Mark()
+    for path, entry in idx.entries.items():
+        _mark(root, path).entry = entry
+    for path, seq in idx.whiteouts.items():
+        _mark(root, path).whiteout = seq
+    for path, seq in idx.opaque.items():
+        _mark(root, path).opaque = seq
+    for path in idx.implicit:
+        _mark(root, path).implicit = True
+    return root
+
+
+class _AncNode:
+    """A directory a walk passed (see ``_Ctx``): how it was found, its floor once known."""
+
+    __slots__ = ("floor", "found", "kids", "path")
+
+    def __init__(self) -> None:
+        self.kids: dict[str, _AncNode] = {}
+        self.path: Path = ()
+        self.found: Optional[_Found] = None
+        self.floor: Optional[int] = None
 
 
 @dataclass
@@ -175,8 +229,31 @@ class _Ctx:
         self.max_seq = max_seq
         self.true = true
         self.aliases: list[_Alias] = []
-        self.anc: dict[Path, _Found] = {}
-        self.floors: dict[Path, int] = {}
+        self.anc = _AncNode()  # directories passed, as a trie of their names
+        self.landed: Optional[list[Path]] = None  # see MergedReader._resolve
+
+    def passed(self, path: Path, found: _Found) -> None:
+        """Record that the walk passed directory ``path``, settled by ``found``."""
+        node = self.anc
+        for part in path:
+            kid = node.kids.get(part)
+            if kid is None:
+                kid = node.kids[part] = _AncNode()
+            node = kid
+        node.path, node.found, node.floor = path, found, None
+
+    def ancestors(self, path: Path) -> list[_AncNode]:
+        """The directories passed that are proper prefixes of ``path``."""
+        out: list[_AncNode] = []
+        node = self.anc
+        for part in path[:-1]:
+            kid = node.kids.get(part)
+            if kid is None:
+                break
+            node = kid
+            if node.found is not None:
+                out.append(node)
+        return out
 
 
 @dataclass(frozen=True)
@@ -333,6 +410,7 @@ class MergedReader:
         idx.implicit = {
             p for p in idx.parents if p and (p not in idx.entries or idx.entries[p].kind != DIR)
         }
+        idx.trie = _build_trie(idx)
         return idx
 
     # --- lookups -------------------------------------------------------------------------
@@ -359,28 +437,34 @@ class MergedReader:
 
     @staticmethod
     def _hidden(idx: _Index, raw: Path, literal: bool = True, limit: int = 1 << 62) -> bool:
-        for i in range(len(raw) + 1):
-            prefix = raw[:i]
-            if i < len(raw) and idx.opaque.get(prefix, limit) < limit:
+        node = idx.trie
+        n = len(raw)
+        for i in range(n + 1):
+            if node is None:
+                return False  # the layer says nothing at or below this prefix
+            if i < n and node.opaque is not None and node.opaque < limit:
                 return True
-            if i and idx.whiteouts.get(prefix, limit) < limit:
+            if i and node.whiteout is not None and node.whiteout < limit:
                 return True
-            if literal and 0 < i < len(raw):
+            if literal and 0 < i < n:
                 # A file above hides; a symlink there is how a name got here, not a wall
                 # (a directory that replaced it above is caught by the floors).
-                node = idx.entries.get(prefix)
-                if node is not None and node.kind not in (DIR, SYMLINK) and node.seq < limit:
+                entry = node.entry
+                if entry is not None and entry.kind not in (DIR, SYMLINK) and entry.seq < limit:
                     return True
+            if i < n:
+                node = node.kids.get(raw[i])
         return False
 
     def _lookup(self, path: Path, top: int, ctx: _Ctx) -> _Found:
         """What settles ``path`` (whose parent is a directory), searching down from ``top``."""
-        ancestors = [path[:i] for i in range(1, len(path)) if path[:i] in ctx.anc]
+        ancestors = ctx.ancestors(path)
         for k in range(top, -1, -1):
             for a in ancestors:
                 # Below the layer that made an ancestor a directory, its lower content may
                 # be gone (a directory that replaced a symlink or file, a whiteout).
-                if ctx.anc[a].layer > k and self._floor(a, ctx) > k:
+                assert a.found is not None
+                if a.found.layer > k and self._floor(a, ctx) > k:
                     return _Found(HIDDEN, self._floor(a, ctx))
             idx = self._get(k, ctx.aliases)
             names = self._raw_names(path, k, ctx.aliases)
@@ -417,7 +501,7 @@ class MergedReader:
             return None
 
         def lands(raw: Path) -> Optional[Path]:
-            if not any(raw[:i] in idx.implicit for i in range(1, len(raw))):
+            if not self._under_implicit(idx, raw):
                 return None
             parent = self._landing(k, idx, raw[:-1])
             return None if parent is None else (*parent, raw[-1])
@@ -429,9 +513,12 @@ class MergedReader:
         if through.implied.get(path, {path}) - {path}:
             # A directory the layer implies, created through a lower symlink elsewhere.
             return _Found(IMPLICIT, k)
-        if any(path[:i] in through.whiteouts for i in range(len(path), 0, -1)):
+        # (each test slices every prefix: only worth it where there is something to find)
+        if through.whiteouts and any(
+            path[:i] in through.whiteouts for i in range(len(path), 0, -1)
+        ):
             return _Found(HIDDEN, k)
-        if any(path[:i] in through.opaque for i in range(len(path) - 1, -1, -1)):
+        if through.opaque and any(path[:i] in through.opaque for i in range(len(path))):
             return _Found(HIDDEN, k)
         return None
 
@@ -445,6 +532,10 @@ class MergedReader:
         """
         if idx.through is not None:
             return idx.through
+        # Deepest first: one walk down a chain of implied directories lands them all.
+        for raw in sorted(idx.implicit, key=len, reverse=True):
+            if raw not in idx.landings:
+                self._landings(k, idx, raw)
         implied: dict[Path, set[Path]] = {}
         for raw in idx.implicit:
             spot = self._landing(k, idx, raw)
@@ -469,12 +560,35 @@ class MergedReader:
                 idx.landings[raw] = None
         return idx.landings[raw]
 
-    def _floor(self, a: Path, ctx: _Ctx) -> int:
+    def _landings(self, k: int, idx: _Index, raw: Path) -> None:
+        """Land ``raw`` (see :meth:`_landing`) and, on the way, every prefix of it."""
+        seen: list[Path] = []
+        try:
+            real, _ = self._resolve(raw, k - 1, None, follow_final=True, create=True, landed=seen)
+            idx.landings[raw] = real
+        except (OSError, UnsafeLayerError):
+            idx.landings[raw] = None
+        for i, spot in enumerate(seen, 1):
+            idx.landings.setdefault(raw[:i], spot)
+
+    def _floor(self, a: _AncNode, ctx: _Ctx) -> int:
         """The lowest layer whose entries under directory ``a`` still show in the merge."""
-        floor = ctx.floors.get(a)
-        if floor is None:
-            floor = ctx.floors[a] = self._chain(a, ctx.anc[a], ctx)
-        return floor
+        if a.floor is None:
+            assert a.found is not None
+            a.floor = self._chain(a.path, a.found, ctx)
+        return a.floor
+
+    @staticmethod
+    def _under_implicit(idx: _Index, raw: Path) -> bool:
+        """Whether a proper prefix of ``raw`` is a directory layer ``idx`` only implies."""
+        node = idx.trie
+        for part in raw[:-1]:
+            node = node.kids.get(part) if node is not None else None
+            if node is None:
+                return False
+            if node.implicit:
+                return True
+        return False
 
     def _chain(self, a: Path, found: _Found, ctx: _Ctx) -> int:
         last_dir = found.layer if found.how == ENTRY else None
@@ -531,11 +645,14 @@ class MergedReader:
         *,
         follow_final: bool,
         create: bool = False,
+        landed: Optional[list[Path]] = None,
     ) -> tuple[Path, _Node]:
         """The real path of ``path`` and its node, following symlinks inside the root.
 
         With ``create``, missing components are taken as directories (as unpacking
-        creates them) instead of raising FileNotFoundError.
+        creates them) instead of raising FileNotFoundError. ``landed``, when given, gets
+        the real path of each prefix of ``path`` the walk got through (as resolving that
+        prefix alone would give it).
         """
         saved = self._want
         self._outer_wants.append(saved)
@@ -546,8 +663,12 @@ class MergedReader:
             raise OSError(errno.ELOOP, "paths in the image refer to each other too deeply")
         try:
             while True:
+                ctx = _Ctx(top, max_seq, true)
+                if landed is not None:
+                    landed.clear()  # what an abandoned walk saw may not hold
+                    ctx.landed = landed
                 try:
-                    return self._walk(path, _Ctx(top, max_seq, true), follow_final, create)
+                    return self._walk(path, ctx, follow_final, create)
                 except _Restart as r:
                     if r.path in true:
                         raise RuntimeError(f"read_file: no progress resolving {r.path}") from r
@@ -558,12 +679,19 @@ class MergedReader:
             self._depth -= 1
 
     def _walk(self, path: Path, ctx: _Ctx, follow_final: bool, create: bool) -> tuple[Path, _Node]:
-        todo: deque[Union[str, _Marker]] = deque(path)
+        todo: deque[Union[str, _Marker, int]] = deque(path)
+        if ctx.landed is not None:
+            # After each component of ``path`` (and its symlinks), a count: the prefix's end.
+            todo = deque(x for i, part in enumerate(path, 1) for x in (part, i))
         real: list[str] = []
         node = _ROOT
         links = 0
         while todo:
             part = todo.popleft()
+            if isinstance(part, int):
+                assert ctx.landed is not None
+                ctx.landed.append(tuple(real))
+                continue
             if isinstance(part, _Marker):
                 ctx.aliases.append(_Alias(part.raw, tuple(real), part.layer, part.seq))
                 continue
@@ -598,8 +726,7 @@ class MergedReader:
                 continue
             if not last and node.kind != DIR:
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", join(here))
-            ctx.anc[here] = found
-            ctx.floors.pop(here, None)
+            ctx.passed(here, found)
             real.append(part)
         return tuple(real), node
 
