@@ -15,8 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import tarfile
+import tempfile
 from collections.abc import Iterable, Iterator
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ._errors import LayerFormatError, UnsafeLayerError
 
@@ -182,4 +183,60 @@ def write_fragments(fd: int, info: tarfile.TarInfo, fragments: Iterable[tuple[in
         raise UnsafeLayerError(info.name, f"size {info.size} cannot be stored here") from e
 
 
-__all__ = ["CHUNK", "data_fragments", "sparse_map", "write_fragments"]
+_IN_MEMORY = 1024 * 1024  # a kept file's content above this size waits in a temporary file
+
+
+class KeptContent:
+    """A kept file's content: bytes when small, else a temporary file (holes kept)."""
+
+    def __init__(self, info: tarfile.TarInfo, data: Any, layer: str) -> None:
+        self.size = info.size
+        self._bytes: Optional[bytes] = None
+        self._file: Optional[Any] = None
+        fragments = data_fragments(info, data, layer)
+        if self.size <= _IN_MEMORY:
+            buf = bytearray(self.size)
+            for offset, chunk in fragments:
+                buf[offset : offset + len(chunk)] = chunk
+            self._bytes = bytes(buf)
+            return
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        try:
+            write_fragments(self._file.fileno(), info, fragments)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self) -> bytes:
+        """All of the content."""
+        if self._bytes is not None:
+            return self._bytes
+        out = bytearray()
+        self.copy_to(out.extend)
+        return bytes(out)
+
+    def copy_to(self, write: Callable[[bytes], Any]) -> int:
+        """Hand the content to ``write`` in chunks of at most ``CHUNK`` bytes."""
+        if self._bytes is not None:
+            for i in range(0, len(self._bytes), CHUNK):
+                write(self._bytes[i : i + CHUNK])
+            return len(self._bytes)
+        assert self._file is not None
+        fd = self._file.fileno()
+        done = 0
+        while done < self.size:
+            chunk = os.pread(fd, min(CHUNK, self.size - done), done)
+            if not chunk:
+                raise OSError(errno.EIO, "temporary copy of the file ended early")
+            write(chunk)
+            done += len(chunk)
+        return done
+
+    def close(self) -> None:
+        """Let go of the temporary file, if any."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+__all__ = ["CHUNK", "KeptContent", "data_fragments", "sparse_map", "write_fragments"]
