@@ -59,9 +59,7 @@ def replaced_dirs(n: int) -> tuple[float, float]:
 
 
 def implied_dirs(layers: int = 10, files: int = 400) -> tuple[float, float]:
-    img = image(
-        *[[f(f"top{k}/dir{i % 20}/sub/file{i}", b"x") for i in range(files)] for k in range(layers)]
-    )
+    img = image(*[[f(f"top{k}/dir{i}/file", b"x") for i in range(files)] for k in range(layers)])
     read = _median(lambda: read_file_from_layers(img.sources, "top0/dir0/file"))
     listing = _median(lambda: list_dir_from_layers(img.sources, "/"))
     return read, listing

@@ -134,6 +134,7 @@ def _sparse_entry(size: str, mapping: str, data: bytes) -> E:
         "GNU.sparse.minor": "1",
         "GNU.sparse.name": "s",
         "GNU.sparse.size": size,
+        "GNU.sparse.numblocks": str(len(mapping.split(",")) // 2),
         "GNU.sparse.map": mapping,
     }
     return f("s", data, pax=pax)
