@@ -7,7 +7,7 @@
 PYTHON := .venv/bin/python
 BENCH_ARGS ?=
 
-.PHONY: bench bench-smoke bench-prepare
+.PHONY: bench bench-smoke bench-prepare docs
 
 bench: bench-prepare
 	$(PYTHON) -m bench $(BENCH_ARGS)
@@ -21,3 +21,8 @@ bench-prepare:
 	@if [ "$$(id -u)" = 0 ]; then scripts/setup.sh; \
 	else echo "bench: not root, using the skopeo releases already installed" >&2; fi
 	@scripts/venv.sh
+
+# The documentation site into site/ (strict: a broken link or reference fails).
+docs:
+	@scripts/venv.sh
+	scripts/docs.sh

@@ -20,12 +20,16 @@ for version in 3.9 3.13; do
         continue
     fi
     echo "== Python $version ($python)"
-    PYTHON=$python VENV=.venv-$version scripts/venv.sh
+    PYTHON=$python VENV=.venv-$version EXTRAS=dev scripts/venv.sh
     CIP_SKOPEO_RELEASES=system,sid ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider \
         tests/test_protocol.py tests/test_operations.py tests/test_models.py \
         tests/test_reference.py tests/test_client.py tests/test_async_client.py \
         tests/test_copy_to.py tests/test_pipeline.py
 done
+echo "== documentation site (strict build)"
+site=$(mktemp -d)
+SITE_DIR=$site scripts/docs.sh
+rm -rf "$site"
 # Benchmarks are never timed tests: the smoke size only proves they still run.
 echo "== benchmarks (smoke size, nothing judged)"
 .venv/bin/python -m bench --smoke

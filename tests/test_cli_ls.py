@@ -124,4 +124,4 @@ def test_unsafe_entries_are_refused() -> None:
 def test_entry_json() -> None:
     (entry,) = merge_layers(image([sym("s", "/etc/x")]).sources).list("/")
     assert entry.to_json()["linkname"] == "/etc/x"
-    assert entry.to_json()["type"] == "symlink"
+    assert entry.to_json()["kind"] == "symlink"

@@ -245,6 +245,13 @@ def test_auth_data_goes_through_an_fd_only() -> None:
         build_command(config)
 
 
+def test_max_metadata_size_is_the_clients_own() -> None:
+    assert ProxyConfig().max_metadata_size == 4 * 1024 * 1024
+    raised = ProxyConfig(max_metadata_size=64 * 1024 * 1024, tls_verify=False)
+    assert build_command(raised) == build_command(ProxyConfig(tls_verify=False))
+    assert "max_metadata_size=67108864" in repr(raised)
+
+
 def test_anonymous() -> None:
     assert build_command(ProxyConfig(auth_anonymous=True))[-1] == "--no-creds"
 
@@ -261,6 +268,9 @@ def test_anonymous() -> None:
         {"retries": -1},
         {"policy": "/p", "insecure_policy": True},
         {"override_arch": ""},
+        {"max_metadata_size": 4095},
+        {"max_metadata_size": True},
+        {"max_metadata_size": 4096.0},
     ],
 )
 def test_invalid_configurations(fields: Any) -> None:

@@ -16,6 +16,8 @@ from ._config import ProxyConfig
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
+    ImageNotFoundError,
+    MetadataTooLargeError,
     ProtocolError,
     ProxyClosedError,
     ProxyError,
@@ -39,7 +41,9 @@ from ._models import (
 )
 from ._operations import OpenedImage
 from ._pool import PoolShutdownError, ProxyPool
+from ._progress import TransferProgress
 from ._protocol import Feature
+from ._pull import pull, pull_async
 from ._reference import ImageReference
 from ._sync import ImageProxy
 from ._sync_reader import BlobReader
@@ -69,11 +73,13 @@ __all__ = [
     "ImageConfig",
     "ImageIndex",
     "ImageManifest",
+    "ImageNotFoundError",
     "ImageProxy",
     "ImageReference",
     "LayerDigestError",
     "LayerFormatError",
     "LayerInfo",
+    "MetadataTooLargeError",
     "OpenedImage",
     "Platform",
     "PoolShutdownError",
@@ -89,7 +95,10 @@ __all__ = [
     "RootFS",
     "RuntimeConfig",
     "SkopeoNotFoundError",
+    "TransferProgress",
     "UnsafeLayerError",
+    "pull",
+    "pull_async",
     "read_file",
     "read_file_async",
     "unpack",

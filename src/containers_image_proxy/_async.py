@@ -15,6 +15,7 @@ import os
 import weakref
 from typing import Any, Deque, Generator, List, Optional, Tuple, Union
 
+from . import _catalog as catalog
 from . import _operations as ops
 from . import _streaming as streaming
 from ._async_reader import AsyncBlobReader
@@ -30,10 +31,10 @@ from ._errors import (
     RequestError,
     unless_already_failing,
 )
-from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from ._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
-from ._protocol import PipeReply, Reply, ValueReply, encode_request
+from ._protocol import MetadataBuffer, PipeReply, Reply, ValueReply, encode_request
 from ._reference import ImageReference
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
 
@@ -63,7 +64,7 @@ class AsyncImageProxy(ops.FrontEnd):
         self._config = config if config is not None else ProxyConfig()
         self._session = ops.Session(self._config)
         self._process: Optional[SkopeoProcess] = None
-        self._conn = Connection()
+        self._conn = Connection(self._config.max_metadata_size)
         self._outbox: Deque[bytes] = collections.deque()
         self._buf = new_receive_buffer()
         self._closed = False
@@ -105,11 +106,13 @@ class AsyncImageProxy(ops.FrontEnd):
         return f"<AsyncImageProxy pid={pid} {state}>"
 
     async def close(self) -> None:
-        """Send Shutdown, reap skopeo, and raise ProxyExitedError if it exited non-zero."""
+        """Close the images still open, send Shutdown, reap skopeo, and raise
+        ProxyExitedError if it exited non-zero."""
         process = self._process
         if process is None or not self._finalizer.alive:
             self._closed = True
             return
+        failure = await self._close_open_images()
         already_failed = self._conn.failure is not None
         self._closed = True
         self._stop_watching()
@@ -129,6 +132,19 @@ class AsyncImageProxy(ops.FrontEnd):
         process.release()
         if code != 0 and not already_failed:
             raise ProxyExitedError(code, stderr, "shutdown")
+        if failure is not None:
+            raise failure
+
+    async def _close_open_images(self) -> Optional[ProxyError]:
+        """Close the images still open; the error that ended the connection meanwhile."""
+        # skopeo 1.9.3 leaves an oci-archive's extracted copy in /var/tmp for an image
+        # still open at Shutdown; a proxy that failed is past asking.
+        if not self._closed and self._conn.failure is None and self._session.open_images:
+            try:
+                await self._run(ops.close_open_images(self._session))
+            except ProxyError as e:
+                return e  # skopeo died: close() reports it as Shutdown would have
+        return None
 
     # --- the connection ---------------------------------------------------------------
 
@@ -282,16 +298,16 @@ class AsyncImageProxy(ops.FrontEnd):
             raise self._stalled(context)
 
     async def _read_all(self, fd: int, context: str) -> bytes:
-        chunks: List[bytes] = []
+        payload = MetadataBuffer(context, self._config.max_metadata_size)
         while True:
             try:
-                chunk = os.read(fd, READ_CHUNK)
+                chunk = os.read(fd, payload.room(READ_CHUNK))
             except BlockingIOError:
                 await self._wait_data(fd, context)
                 continue
             if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+                return payload.take()
+            payload.add(chunk)
 
     async def _discard(self, fd: int, count: int, hasher: Any) -> int:
         buf = memoryview(bytearray(min(count, READ_CHUNK)))
@@ -387,17 +403,32 @@ class AsyncImageProxy(ops.FrontEnd):
     # --- public methods ---------------------------------------------------------------
 
     async def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
-        """Open an image, for example ``"docker://registry.example/app:1.0"``."""
+        """Open an image, for example ``"docker://registry.example/app:1.0"``.
+
+        Raises :class:`ImageNotFoundError` if it does not exist (what each transport can
+        tell: docs/transports.md), :class:`RequestError` if it could not be looked at.
+        """
         ref = ops.as_reference(reference)
         return OpenedImage(self, await self._run(ops.open_image(self._session, ref)), ref)
 
     async def open_image_optional(
         self, reference: Union[str, ImageReference]
     ) -> Optional[OpenedImage]:
-        """Open an image, or return None if it does not exist (emulated before 0.2.4)."""
+        """Open an image, or return None exactly where :meth:`open_image` raises
+        :class:`ImageNotFoundError`; other failures raise :class:`RequestError`."""
         ref = ops.as_reference(reference)
         image_id = await self._run(ops.open_image_optional(self._session, ref))
         return None if image_id is None else OpenedImage(self, image_id, ref)
+
+    async def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
+        """The tags of a repository, archive or layout: :meth:`ImageProxy.list_tags`."""
+        return await catalog.list_tags_async(self._config, repository)
+
+    async def fetch_index(
+        self, reference: Union[str, ImageReference]
+    ) -> Optional[Tuple[Digest, ImageIndex]]:
+        """The index as stored and its digest, or None: :meth:`ImageProxy.fetch_index`."""
+        return await catalog.fetch_index_async(self._config, reference)
 
     async def close_image(self, img: OpenedImage) -> None:
         """Release an opened image in the proxy. Closing twice is harmless."""
@@ -407,7 +438,7 @@ class AsyncImageProxy(ops.FrontEnd):
         img._closed = True
         if self._closed:
             return
-        await self._run(ops.close_image(image_id))
+        await self._run(ops.close_image(self._session, image_id))
 
     async def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
         """The image's manifest in OCI form, and the digest of the manifest as stored."""

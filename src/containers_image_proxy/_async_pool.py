@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable, List, Optional, Sequence, Tuple, TypeVar, Union
 
+from . import _catalog as catalog
 from ._async import AsyncImageProxy
 from ._async_reader import AsyncBlobReader
 from ._config import ProxyConfig
 from ._errors import ProxyClosedError, ProxyError, unless_already_failing
-from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from ._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._pool import (
     DEFAULT_SIZE,
@@ -161,6 +162,16 @@ class AsyncProxyPool(_PoolFront[AsyncImageProxy]):
         return self._members.owner(img)
 
     # --- the methods of AsyncImageProxy -----------------------------------------------
+
+    async def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
+        """:meth:`ImageProxy.list_tags` with the pool's configuration (no member is used)."""
+        return await catalog.list_tags_async(self.config, repository)
+
+    async def fetch_index(
+        self, reference: Union[str, ImageReference]
+    ) -> Optional[Tuple[Digest, ImageIndex]]:
+        """:meth:`ImageProxy.fetch_index` with the pool's configuration (no member is used)."""
+        return await catalog.fetch_index_async(self.config, reference)
 
     async def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
         """Open an image on the least busy member; it stays bound to that member."""

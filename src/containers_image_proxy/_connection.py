@@ -69,9 +69,14 @@ def release(method: str, reply: Reply) -> List[FollowUp]:
 
 
 class Connection:
-    """The FIFO of tickets, and the connection's failure once it has one."""
+    """The FIFO of tickets, and the connection's failure once it has one.
 
-    def __init__(self) -> None:
+    ``max_reply_size`` bounds the JSON of a reply (ProxyConfig.max_metadata_size); a longer
+    one is a :class:`~._errors.MetadataTooLargeError` that ends the connection.
+    """
+
+    def __init__(self, max_reply_size: Optional[int] = None) -> None:
+        self.max_reply_size = max_reply_size
         self.pending: Deque[Ticket] = collections.deque()
         self.failure: Optional[ProxyError] = None
 
@@ -107,7 +112,7 @@ class Connection:
         ticket = self.pending.popleft()
         ticket.done = True
         try:
-            reply = decode_reply(ticket.method, data, fds, truncated)
+            reply = decode_reply(ticket.method, data, fds, truncated, self.max_reply_size)
         except RequestError as e:
             # stored without its traceback: the frames it holds (a reader's buffers among
             # them) would otherwise live as long as the ticket

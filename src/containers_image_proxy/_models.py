@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar, Optional, TypeVar, Union, cast
 from ._digest import Digest as Digest  # re-exported for the modules that import it from here
 from ._digest import _kind, _type_error
 from ._errors import ConfigurationError
+from ._protocol import MAX_JSON_DEPTH, too_deep
 
 MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -236,10 +237,19 @@ class _Model:
         """Parses a JSON document; invalid JSON or content raises ConfigurationError."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ConfigurationError(f"{cls.__name__}: expected bytes, got {_kind(data)}")
+        data = bytes(data)
+        deep = False
         try:
-            obj = json.loads(bytes(data))
-        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            obj = json.loads(data)
+            deep = too_deep(obj, data)
+        except RecursionError:
+            deep = True
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise ConfigurationError(f"{cls.__name__}: not valid JSON: {e}") from None
+        if deep:
+            raise ConfigurationError(
+                f"{cls.__name__}: JSON nested more than {MAX_JSON_DEPTH} levels deep"
+            )
         return cls.from_json(obj)
 
     def to_json(self) -> dict[str, Any]:

@@ -13,7 +13,6 @@ inside the action, so an abandoned generator cannot leak one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import (
     Any,
@@ -29,17 +28,24 @@ from typing import (
 
 from ._blobstream import StreamKind, StreamSpec
 from ._config import ProxyConfig
-from ._errors import ConfigurationError, ProtocolError, ProxyError, RequestError
+from ._errors import (
+    ConfigurationError,
+    ImageNotFoundError,
+    ProtocolError,
+    ProxyError,
+    RequestError,
+)
 from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from ._notfound import LAZY_TRANSPORTS, image_not_found
 from ._protocol import (
     MAX_JSON_INT,
     Arg,
     Feature,
     Version,
     check_minimum_version,
+    decode_json,
     format_version,
     has_feature,
-    is_not_found,
     parse_version,
     require_feature,
 )
@@ -176,6 +182,9 @@ class Session:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.version: Optional[Version] = None
+        # The ids of the images opened and not closed yet: closed before Shutdown, since
+        # skopeo (1.9.3) leaves an oci-archive's extracted copy behind for an image still open.
+        self.open_images: set[int] = set()
 
     @property
     def protocol_version(self) -> str:
@@ -249,22 +258,64 @@ def _image_id(value: Any, method: str) -> int:
     return value
 
 
+def _not_found(e: RequestError, ref: ImageReference) -> Optional[ImageNotFoundError]:
+    """The ImageNotFoundError that ``e`` means for ``ref``, or None if it means something else."""
+    if isinstance(e, ImageNotFoundError):
+        return e
+    if not image_not_found(e.message, ref.transport):
+        return None
+    return ImageNotFoundError(e.method, e.message, e.error_code, str(ref))
+
+
+def _opened(session: Session, image_id: int, ref: ImageReference) -> Op:
+    """Record an opened image; for transports that open without looking, read the manifest
+    once, so that a missing image is reported by the open (the image is closed again) and
+    not by the first read.
+
+    Any other error is left for the caller's first read to meet, as without this check.
+    The image is recorded first: if the check is abandoned, Shutdown still closes it.
+    """
+    session.open_images.add(image_id)
+    if ref.transport not in LAZY_TRANSPORTS:
+        return
+    try:
+        yield CallPiped("GetManifest", (image_id,))
+    except RequestError as e:
+        missing = _not_found(e, ref)
+        if missing is None:
+            return
+        session.open_images.discard(image_id)
+        try:
+            yield Call("CloseImage", (image_id,))
+        except RequestError:
+            pass  # the image is unusable either way; the missing image is what to report
+        raise missing from None
+
+
 def open_image(session: Session, reference: Union[str, ImageReference]) -> Op:
-    """OpenImage; the result is the image id."""
+    """OpenImage; the result is the image id. A missing image raises ImageNotFoundError."""
     ref = as_reference(reference)
-    image_id = _image_id((yield Call("OpenImage", (str(ref),))), "OpenImage")
+    try:
+        value = yield Call("OpenImage", (str(ref),))
+    except RequestError as e:
+        missing = _not_found(e, ref)
+        if missing is not None:
+            raise missing from None
+        raise
+    image_id = _image_id(value, "OpenImage")
     if image_id == 0:
         raise ProtocolError("OpenImage returned the not-found image id 0")
+    yield from _opened(session, image_id, ref)
     return image_id
 
 
 def open_image_optional(session: Session, reference: Union[str, ImageReference]) -> Op:
     """OpenImageOptional, or OpenImage with the not-found errors classified (before 0.2.4).
 
-    The result is the image id, or None when the image does not exist. Errors that older
-    releases report for a missing image but newer ones map to "not found" (a missing tag in
-    an oci: layout on 1.18) are classified here too, so the answer does not depend on the
-    skopeo release.
+    The result is the image id, or None exactly where :func:`open_image` raises
+    ImageNotFoundError. Errors that skopeo's own OpenImageOptional does not classify (a
+    missing layout directory or archive, a missing tag in an oci: layout on 1.18) are
+    classified here too, so the answer does not depend on the skopeo release.
     """
     ref = as_reference(reference)
     native = session.supports(Feature.OPEN_IMAGE_OPTIONAL)
@@ -272,16 +323,33 @@ def open_image_optional(session: Session, reference: Union[str, ImageReference])
     try:
         value = yield Call(method, (str(ref),))
     except RequestError as e:
-        if is_not_found(e.message):
+        if _not_found(e, ref) is not None:
             return None
         raise
     image_id = _image_id(value, method)
-    return image_id or None
+    if not image_id:
+        return None
+    try:
+        yield from _opened(session, image_id, ref)
+    except ImageNotFoundError:
+        return None
+    return image_id
 
 
-def close_image(image_id: int) -> Op:
+def close_image(session: Session, image_id: int) -> Op:
     """CloseImage."""
+    session.open_images.discard(image_id)
     yield Call("CloseImage", (image_id,))
+
+
+def close_open_images(session: Session) -> Op:
+    """CloseImage for every image still open (before Shutdown); refusals are ignored."""
+    while session.open_images:
+        image_id = session.open_images.pop()
+        try:
+            yield Call("CloseImage", (image_id,))
+        except RequestError:
+            pass
 
 
 def fetch_manifest_raw(image_id: int) -> Op:
@@ -338,11 +406,7 @@ def get_layer_info(session: Session, image_id: int, reference: ImageReference) -
     """The layers as they would be copied: GetLayerInfoPiped, GetLayerInfo, or the manifest."""
     if session.supports(Feature.LAYER_INFO_PIPED):
         _, payload = yield CallPiped("GetLayerInfoPiped", (image_id,))
-        try:
-            value = json.loads(payload)
-        except ValueError as e:
-            raise ProtocolError(f"GetLayerInfoPiped: payload is not JSON: {e}") from None
-        return _layer_infos(value, "GetLayerInfoPiped")
+        return _layer_infos(decode_json(payload, "GetLayerInfoPiped"), "GetLayerInfoPiped")
     if session.supports(Feature.LAYER_INFO):
         return _layer_infos((yield Call("GetLayerInfo", (image_id,))), "GetLayerInfo")
     if reference.transport in _COPY_LAYERS_DIFFER:

@@ -28,10 +28,11 @@ from typing import (
     cast,
 )
 
+from . import _catalog as catalog
 from ._async import AsyncImageProxy
 from ._config import ProxyConfig
 from ._errors import ConfigurationError, ProxyClosedError, ProxyError, unless_already_failing
-from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from ._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._protocol import Feature
 from ._reference import ImageReference
@@ -353,6 +354,16 @@ class ProxyPool(_PoolFront[ImageProxy]):
         return self._members.owner(img)
 
     # --- the methods of ImageProxy ----------------------------------------------------
+
+    def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
+        """:meth:`ImageProxy.list_tags` with the pool's configuration (no member is used)."""
+        return catalog.list_tags(self.config, repository)
+
+    def fetch_index(
+        self, reference: Union[str, ImageReference]
+    ) -> Optional[Tuple[Digest, ImageIndex]]:
+        """:meth:`ImageProxy.fetch_index` with the pool's configuration (no member is used)."""
+        return catalog.fetch_index(self.config, reference)
 
     def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
         """Open an image on the least busy member; it stays bound to that member."""

@@ -14,6 +14,7 @@ import time
 import weakref
 from typing import Any, Generator, List, Optional, Tuple, Union
 
+from . import _catalog as catalog
 from . import _operations as ops
 from . import _streaming as streaming
 from ._blobstream import StreamSpec
@@ -28,10 +29,10 @@ from ._errors import (
     RequestError,
     unless_already_failing,
 )
-from ._models import Descriptor, Digest, ImageConfig, ImageManifest, LayerInfo
+from ._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from ._operations import OpenedImage
 from ._process import SkopeoProcess
-from ._protocol import Arg, PipeReply, Reply, ValueReply, encode_request
+from ._protocol import Arg, MetadataBuffer, PipeReply, Reply, ValueReply, encode_request
 from ._reference import ImageReference
 from ._sync_reader import BlobReader, wait_readable
 from ._transport import READ_CHUNK, close_fds, new_receive_buffer, peer_closed, receive_reply
@@ -53,7 +54,7 @@ class ImageProxy(ops.FrontEnd):
     def __init__(self, config: Optional[ProxyConfig] = None) -> None:
         self._config = config if config is not None else ProxyConfig()
         self._session = ops.Session(self._config)
-        self._conn = Connection()
+        self._conn = Connection(self._config.max_metadata_size)
         self._cond = threading.Condition()
         self._receiving = False
         self._buf = new_receive_buffer()
@@ -82,7 +83,9 @@ class ImageProxy(ops.FrontEnd):
         return f"<ImageProxy pid={self._process.pid} {state}>"
 
     def close(self) -> None:
-        """Send Shutdown, reap skopeo, and raise ProxyExitedError if it exited non-zero."""
+        """Close the images still open, send Shutdown, reap skopeo, and raise
+        ProxyExitedError if it exited non-zero."""
+        failure = self._close_open_images()
         with self._cond:
             if self._closed and self._finalizer.alive is False:
                 return
@@ -105,6 +108,19 @@ class ImageProxy(ops.FrontEnd):
         self._process.release()
         if code != 0 and not already_failed:
             raise ProxyExitedError(code, stderr, "shutdown")
+        if failure is not None:
+            raise failure
+
+    def _close_open_images(self) -> Optional[ProxyError]:
+        """Close the images still open; the error that ended the connection meanwhile."""
+        # skopeo 1.9.3 leaves an oci-archive's extracted copy in /var/tmp for an image
+        # still open at Shutdown; a proxy that failed is past asking.
+        if not self._closed and self._conn.failure is None and self._session.open_images:
+            try:
+                self._run(ops.close_open_images(self._session))
+            except ProxyError as e:
+                return e  # skopeo died: close() reports it as Shutdown would have
+        return None
 
     def _teardown(self, failure: Optional[ProxyError]) -> None:
         """Kill skopeo after a failure; outstanding and later requests fail with ``failure``.
@@ -241,14 +257,14 @@ class ImageProxy(ops.FrontEnd):
         return err
 
     def _read_all(self, fd: int, context: str) -> bytes:
-        chunks: List[bytes] = []
+        payload = MetadataBuffer(context, self._config.max_metadata_size)
         while True:
             if not wait_readable(fd, self._config.stall_timeout):
                 raise self._stalled(context)
-            chunk = os.read(fd, READ_CHUNK)
+            chunk = os.read(fd, payload.room(READ_CHUNK))
             if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+                return payload.take()
+            payload.add(chunk)
 
     def _discard(self, fd: int, count: int, hasher: Any) -> int:
         buf = memoryview(bytearray(min(count, READ_CHUNK)))
@@ -299,15 +315,47 @@ class ImageProxy(ops.FrontEnd):
     # --- public methods ---------------------------------------------------------------
 
     def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
-        """Open an image, for example ``"docker://registry.example/app:1.0"``."""
+        """Open an image, for example ``"docker://registry.example/app:1.0"``.
+
+        Raises :class:`ImageNotFoundError` if it does not exist (what each transport can
+        tell: docs/transports.md), :class:`RequestError` if it could not be looked at.
+        """
         ref = ops.as_reference(reference)
         return OpenedImage(self, self._run(ops.open_image(self._session, ref)), ref)
 
     def open_image_optional(self, reference: Union[str, ImageReference]) -> Optional[OpenedImage]:
-        """Open an image, or return None if it does not exist (emulated before 0.2.4)."""
+        """Open an image, or return None exactly where :meth:`open_image` raises
+        :class:`ImageNotFoundError`; other failures raise :class:`RequestError`."""
         ref = ops.as_reference(reference)
         image_id = self._run(ops.open_image_optional(self._session, ref))
         return None if image_id is None else OpenedImage(self, image_id, ref)
+
+    def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
+        """The tags of ``repository``: ``docker://registry/repo`` (no tag), a
+        ``docker-archive:`` file (its references, such as ``docker.io/library/x:1``) or an
+        ``oci:`` layout directory (the names in its index.json), in the order listed.
+
+        Runs ``skopeo list-tags`` with this proxy's configuration (credentials,
+        certificates, TLS, registries.conf); layouts are read directly. Raises
+        :class:`ImageNotFoundError` for a repository, archive or layout that is not there,
+        :class:`RequestError` for other failures, :class:`ConfigurationError` for other
+        transports or a reference with a tag.
+        """
+        return catalog.list_tags(self._config, repository)
+
+    def fetch_index(
+        self, reference: Union[str, ImageReference]
+    ) -> Optional[Tuple[Digest, ImageIndex]]:
+        """The manifest list or OCI index of ``reference`` as stored, with its own digest
+        (sha256 of its bytes); None for an image with a single manifest.
+
+        Each instance opens by digest: ``docker://registry/repo@sha256:...`` (for layouts see
+        docs/transports.md). Runs ``skopeo inspect --raw`` with this proxy's configuration;
+        the answer is bounded to 4 MiB. Raises :class:`ImageNotFoundError` for a missing
+        image, :class:`RequestError` for other failures, :class:`ProtocolError` for an
+        answer that is not a valid index.
+        """
+        return catalog.fetch_index(self._config, reference)
 
     def close_image(self, img: OpenedImage) -> None:
         """Release an opened image in the proxy. Closing twice is harmless."""
@@ -317,7 +365,7 @@ class ImageProxy(ops.FrontEnd):
         img._closed = True
         if self._closed:
             return
-        self._run(ops.close_image(image_id))
+        self._run(ops.close_image(self._session, image_id))
 
     def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
         """The image's manifest in OCI form, and the digest of the manifest as stored."""

@@ -13,6 +13,7 @@ Memory is one small object per entry of the merged tree; nothing is written to d
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import stat
 import tarfile
@@ -83,23 +84,12 @@ class DirEntry:
         return _TYPE_BITS[self.kind] | self.mode
 
     def to_json(self) -> dict[str, Any]:
-        """The entry as JSON data (what ``ls --json`` prints)."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "path": self.path,
-            "type": self.kind,
-            "mode": f"{self.mode:04o}",
-            "uid": self.uid,
-            "gid": self.gid,
-            "size": self.size,
-            "mtime": self.mtime,
-            "nlink": self.nlink,
-            "layer": self.layer,
-        }
-        if self.kind == SYMLINK:
-            out["linkname"] = self.linkname
-        if self.kind in (CHAR, BLOCK):
-            out["device"] = list(self.device)
+        """The entry as JSON data (what ``ls --json`` prints): one member per field, same
+        names and values (``mode`` the permission bits as an integer, ``device`` a list)."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 
