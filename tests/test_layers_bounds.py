@@ -248,6 +248,9 @@ def test_depth_through_a_symlink_is_bounded(deep_tmp: Path) -> None:
     assert os.listdir(deep_tmp) == []
     with pytest.raises(UnsafeLayerError, match=f"deeper than {MAX_DEPTH}"):
         list_dir_from_layers(img.sources, "/")
+    # read lands the name at its real path: over PATH_MAX, as any path that deep is.
+    with pytest.raises(UnsafeLayerError, match="PATH_MAX"):
+        read_file_from_layers(img.sources, "l/" + "/".join(["b"] * 20) + "/x")
 
 
 _FD_SCRIPT = textwrap.dedent(
