@@ -378,13 +378,22 @@ def cmd_blob(ctx: Context) -> int:
 
 
 def cmd_cat(ctx: Context) -> int:
-    """One file of the merged filesystem to standard output."""
-    from ..layers import read_file
+    """One file of the merged filesystem to standard output, in bounded chunks."""
+    from ..layers import copy_file
 
     path: str = ctx.args.path
+    started = False
+
+    def write(chunk: bytes) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            ctx.reporter.close()  # bars gone before the file's content reaches the terminal
+        ctx.write(chunk)
+
     with opened(ctx) as (proxy, img):
         try:
-            data = read_file(ProgressProxy(proxy, ctx.reporter), img, path)
+            copy_file(ProgressProxy(proxy, ctx.reporter), img, path, write)
         except IsADirectoryError:
             raise CliError(f"{path}: is a directory in the image") from None
         except FileNotFoundError as e:
@@ -395,8 +404,7 @@ def cmd_cat(ctx: Context) -> int:
             if isinstance(e, ProxyError):
                 raise
             raise CliError(f"{path}: {e.strerror or e}") from None
-    ctx.reporter.close()  # bars gone before the file's content reaches the terminal
-    ctx.write(data)
+    ctx.reporter.close()
     return OK
 
 
