@@ -13,6 +13,7 @@ anywhere (an OCI layout on disk, a registry client) can go through it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any, Callable, Optional, Union
 
 from ._compression import DecompressingReader
@@ -25,7 +26,7 @@ from ._listing import (
     list_dir_from_layers,
     merge_layers,
 )
-from ._readfile import copy_file_from_layers, read_file_from_layers
+from ._reading import copy_file_from_layers, read_file_from_layers, read_files_from_layers
 from ._source import (
     AsyncProxy,
     Bridge,
@@ -93,6 +94,26 @@ def copy_file(
     return copy_file_from_layers(sync_sources(proxy, image), path, write, max_size=max_size)
 
 
+def read_files(
+    proxy: SyncProxy, image: Any, paths: Iterable[str], *, max_size: Optional[int] = None
+) -> dict[str, bytes]:
+    """Read several files of ``image``'s merged filesystem in one pass.
+
+    Returns ``{path: content}`` for the paths that name a regular file; the others
+    (missing, a directory, a device) are left out. Each layer is fetched and read at most
+    once for all the paths together, from the top down, stopping as soon as every path is
+    settled: a scanner reading ``/etc/os-release`` and the dpkg status file pays for one
+    pass, not two. Example::
+
+        files = read_files(proxy, img, ["/etc/os-release", "/var/lib/dpkg/status"])
+
+    Raises ProxyError naming the size when a file is larger than ``max_size`` bytes, and
+    the layer errors of :func:`read_file` (LayerDigestError, LayerFormatError,
+    UnsafeLayerError).
+    """
+    return read_files_from_layers(sync_sources(proxy, image), paths, max_size=max_size)
+
+
 async def unpack_async(
     proxy: AsyncProxy, image: Any, dest: PathLike, *, rootless: bool = False
 ) -> None:
@@ -122,6 +143,20 @@ async def read_file_async(
     )
 
 
+async def read_files_async(
+    proxy: AsyncProxy, image: Any, paths: Iterable[str], *, max_size: Optional[int] = None
+) -> dict[str, bytes]:
+    """The async twin of :func:`read_files`, for an AsyncImageProxy."""
+    import asyncio
+
+    wanted = list(paths)
+    bridge = Bridge(asyncio.get_running_loop())
+    sources = await async_sources(proxy, image, bridge)
+    return await run_in_worker(
+        bridge, lambda: read_files_from_layers(sources, wanted, max_size=max_size)
+    )
+
+
 __all__ = [
     "DecompressingReader",
     "DirEntry",
@@ -142,6 +177,9 @@ __all__ = [
     "read_file",
     "read_file_async",
     "read_file_from_layers",
+    "read_files",
+    "read_files_async",
+    "read_files_from_layers",
     "unpack",
     "unpack_async",
     "unpack_layers",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 from .._errors import ConfigurationError, ProxyError
 from ._content import KeptContent
@@ -449,39 +449,13 @@ class MergedReader:
         """The content of the regular file at ``path`` (see :meth:`open`)."""
         return self.open(path).read()
 
-
-def _check_max_size(max_size: Optional[int]) -> None:
-    if max_size is not None and (not isinstance(max_size, int) or max_size < 0):
-        raise ConfigurationError(f"max_size must be a size in bytes, not {max_size!r}")
-
-
-def read_file_from_layers(
-    sources: Sequence[LayerSource], path: str, *, max_size: Optional[int] = None
-) -> bytes:
-    """Read ``path`` from the merged filesystem of ``sources`` (bottom layer first).
-
-    The engine of :func:`read_file`. Raises FileNotFoundError when the merged filesystem
-    has no such file, IsADirectoryError for a directory, and ProxyError naming the size
-    when the file is larger than ``max_size`` (checked before any of it is kept).
-    """
-    _check_max_size(max_size)
-    with MergedReader(sources, max_size) as reader:
-        return reader.read(path)
-
-
-def copy_file_from_layers(
-    sources: Sequence[LayerSource],
-    path: str,
-    write: Callable[[bytes], Any],
-    *,
-    max_size: Optional[int] = None,
-) -> int:
-    """Hand the file ``path`` of the merged filesystem to ``write``, in bounded chunks.
-
-    Like :func:`read_file_from_layers`, but the content is never held whole in memory (a
-    large one waits in a temporary file, its holes kept, until every layer it depends on
-    is verified). Returns the number of bytes written. Raises as read_file_from_layers.
-    """
-    _check_max_size(max_size)
-    with MergedReader(sources, max_size) as reader:
-        return reader.open(path).copy_to(write)
+    def keep(self, paths: Sequence[str]) -> None:
+        """Keep the contents of ``paths`` from every layer scanned from now on, so that
+        opening each of them afterwards reads no layer a second time."""
+        for path in paths:
+            if "\0" in path:
+                raise ConfigurationError(f"not a valid path: {path!r}")
+            try:
+                self._outer_wants.append(clean_name(path))
+            except UnsafeLayerError:
+                continue  # a name no layer can have: it is simply not found
