@@ -26,7 +26,7 @@ from containers_image_proxy import AsyncImageProxy, ImageProxy, ProxyConfig
 try:
     from containers_image_proxy import AsyncProxyPool, ProxyPool
 except ImportError:  # not exported from the package root yet
-    from containers_image_proxy._pool import AsyncProxyPool, ProxyPool
+    from containers_image_proxy import AsyncProxyPool, ProxyPool
 
 from bench.measure import process_cpu
 from bench.rawclient import BareProxy

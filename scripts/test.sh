@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 scripts/venv.sh
+echo "== generated sync front end is current"
+.venv/bin/python scripts/unasync.py --check
 echo "== ruff"
 .venv/bin/ruff check src tests examples bench
 .venv/bin/ruff format --check src

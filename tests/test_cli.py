@@ -191,13 +191,13 @@ def test_authfile_from_stdin_is_passed_to_skopeo(layouts: Layouts, tmp_path: Pat
 
 
 def test_help_for_every_command_has_an_example() -> None:
-    top = ok(cli("--help")).decode()
+    top = ok(cli("--help", env={"COLUMNS": "100"})).decode()
     for command in (
         "inspect", "manifest", "config", "layers", "blob", "cat", "ls", "unpack", "pull",
         "exists",
     ):  # fmt: skip
         assert command in top
-        text = ok(cli(command, "--help")).decode()
+        text = ok(cli(command, "--help", env={"COLUMNS": "100"})).decode()
         assert "example" in text and f"containers-image-proxy {command} " in text, command
         assert "--tls-verify" in text  # global options are accepted after the command too
     assert "exit status" in top
@@ -239,7 +239,7 @@ def test_ls_long_and_json(layout_builder: LayoutBuilder) -> None:
     assert all(line.startswith("drwxr-xr-x") for line in long)
     entries = json.loads(ok(cli("ls", "--json", ref, "/usr/bin")))
     assert entries[0]["name"] == "tool" and entries[0]["size"] == 100
-    assert entries[0]["type"] == "file" and entries[0]["mode"] == "0644"
+    assert entries[0]["kind"] == "file" and entries[0]["mode"] == 0o644
     assert ok(cli("ls", ref, "/usr/share/doc/a")) == b""  # whited out in the upper layer
     assert ok(cli("ls", ref, "/usr/bin/tool")) == b"tool\n"  # a file lists itself
 

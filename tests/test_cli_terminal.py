@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -125,6 +126,26 @@ def test_ctrl_c_during_blob_to_file(
     assert took < STOP_WITHIN
     assert os.listdir(tmp_path) == []  # neither the file nor its temporary twin
     assert not any(alive(pid) for pid in skopeos)
+
+
+def test_sigterm_during_blob_to_file(slow_image: tuple[str, str, int], tmp_path: Path) -> None:
+    """SIGTERM (a service manager stopping the tool) cleans up like Ctrl-C, status 143."""
+    ref, digest, _ = slow_image
+    out = tmp_path / "layer.tar"
+    proc = start(["blob", ref, digest, "-o", str(out)], group=False)
+
+    def some_bytes() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        return largest(tmp_path) > 256 * 1024
+
+    wait_for(some_bytes, 30, "the transfer to start")
+    skopeos = children_of(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert err.decode().strip() == "containers-image-proxy: terminated"
+    assert os.listdir(tmp_path) == []
+    assert skopeos and not any(alive(pid) for pid in skopeos)
 
 
 def test_ctrl_c_during_pull_from_a_terminal(

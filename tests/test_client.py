@@ -1,4 +1,9 @@
-"""The synchronous client against real skopeo releases and real image layouts."""
+"""The client against real skopeo releases and real image layouts.
+
+Tests taking ``front`` run on both front ends (``testbed.fronts``: the asyncio proxy driven
+from the same blocking test body); the others are about the sync front end itself (a file
+object, threads).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from containers_image_proxy import (
     BlobVerificationError,
     ConfigurationError,
     Feature,
+    ImageNotFoundError,
     ImageProxy,
     ProxyClosedError,
     ProxyConfig,
@@ -27,6 +33,7 @@ from containers_image_proxy import (
     RequestError,
     SkopeoNotFoundError,
 )
+from testbed.fronts import open_proxy
 from testbed.images import (
     MULTIARCH_PLATFORMS,
     LayoutBuilder,
@@ -45,17 +52,21 @@ def blob_bytes(layouts: Layouts, digest: str) -> bytes:
     return (layouts.path / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
 
 
-def test_version_and_features(config: ProxyConfig, skopeo_release: SkopeoRelease) -> None:
-    with ImageProxy(config) as proxy:
+def test_version_and_features(
+    front: str, config: ProxyConfig, skopeo_release: SkopeoRelease
+) -> None:
+    with open_proxy(front, config) as proxy:
         assert proxy.protocol_version == skopeo_release.protocol
-        assert proxy.supports(Feature.RAW_BLOB) is (skopeo_release.protocol >= "0.2.8")
-        assert proxy.supports("OpenImageOptional") is (skopeo_release.protocol >= "0.2.4")
+        assert proxy.supports(Feature.RAW_BLOB) is skopeo_release.has_protocol("0.2.8")
+        assert proxy.supports("OpenImageOptional") is skopeo_release.has_protocol("0.2.4")
         assert f"protocol {skopeo_release.protocol}" in repr(proxy)
 
 
-def test_manifest_config_and_blobs(config: ProxyConfig, layouts: Layouts, no_leaks: None) -> None:
+def test_manifest_config_and_blobs(
+    front: str, config: ProxyConfig, layouts: Layouts, no_leaks: None
+) -> None:
     expected = layouts.small
-    with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("small")) as img:
+    with open_proxy(front, config) as proxy, proxy.open_image(layouts.ref("small")) as img:
         digest, raw = proxy.fetch_manifest_raw_oci(img)
         assert digest == expected.manifest_digest
         assert raw == expected.manifest
@@ -72,7 +83,8 @@ def test_manifest_config_and_blobs(config: ProxyConfig, layouts: Layouts, no_lea
         ]
         for layer, desc in zip(expected.layers, manifest.layers):
             with proxy.get_descriptor(img, desc) as blob:
-                assert isinstance(blob, io.BufferedIOBase) and blob.readable()
+                if front == "sync":
+                    assert isinstance(blob, io.BufferedIOBase) and blob.readable()
                 assert blob.read() == layer.blob
             with proxy.get_blob(img, str(layer.digest), layer.size) as blob:
                 out = io.BytesIO()
@@ -93,9 +105,9 @@ def test_tarfile_streams_an_uncompressed_layer(config: ProxyConfig, layouts: Lay
         assert names == expected and names
 
 
-def test_big_config_and_many_layers(config: ProxyConfig, layouts: Layouts) -> None:
+def test_big_config_and_many_layers(front: str, config: ProxyConfig, layouts: Layouts) -> None:
     """Payloads far over the 64 KiB pipe buffer: FinishPipe must be sent while draining."""
-    with ImageProxy(config) as proxy:
+    with open_proxy(front, config) as proxy:
         with proxy.open_image(layouts.ref("bigconfig")) as img:
             raw = proxy.fetch_config_raw(img)
             assert len(raw) > 1024 * 1024
@@ -111,19 +123,19 @@ def test_big_config_and_many_layers(config: ProxyConfig, layouts: Layouts) -> No
 
 @pytest.mark.parametrize("platform", MULTIARCH_PLATFORMS, ids=lambda p: "/".join(filter(None, p)))
 def test_manifest_list_with_override_arch(
-    skopeo_release: SkopeoRelease, layouts: Layouts, platform: Any
+    front: str, skopeo_release: SkopeoRelease, layouts: Layouts, platform: Any
 ) -> None:
     arch, variant = platform
     config = make_config(skopeo_release, override_arch=arch, override_variant=variant)
     want = layouts.multiarch.for_platform(arch, variant=variant)
-    with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("multiarch")) as img:
+    with open_proxy(front, config) as proxy, proxy.open_image(layouts.ref("multiarch")) as img:
         digest, _ = proxy.fetch_manifest(img)
         assert digest == want.manifest_digest
         assert proxy.fetch_config(img).architecture == arch
 
 
 def test_other_transports(
-    config: ProxyConfig, layouts: Layouts, tmp_path_factory: pytest.TempPathFactory
+    front: str, config: ProxyConfig, layouts: Layouts, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     tmp = tmp_path_factory.mktemp("transports")
     src = layouts.ref("small")
@@ -132,7 +144,7 @@ def test_other_transports(
         convert(config.skopeo, src, f"docker-archive:{tmp}/d.tar:example/img:small"),
         convert(config.skopeo, src, f"dir:{tmp}/dir"),
     ]
-    with ImageProxy(config) as proxy:
+    with open_proxy(front, config) as proxy:
         for ref in refs:
             with proxy.open_image(ref) as img:
                 cfg = proxy.fetch_config(img)
@@ -143,26 +155,34 @@ def test_other_transports(
                     assert hashlib.sha256(data).hexdigest() == info.digest.hex, ref
 
 
-def test_open_image_optional(config: ProxyConfig, layouts: Layouts, tmp_path: Path) -> None:
-    with ImageProxy(config) as proxy:
+def test_open_image_optional(
+    front: str, config: ProxyConfig, layouts: Layouts, tmp_path: Path
+) -> None:
+    with open_proxy(front, config) as proxy:
         assert proxy.open_image_optional(layouts.ref("no-such-tag")) is None
         img = proxy.open_image_optional(layouts.ref("small"))
         assert img is not None
         proxy.close_image(img)
-        with pytest.raises(RequestError):
-            proxy.open_image_optional(f"oci:{tmp_path}/missing-layout:x")
+        # a layout directory that is not there is a missing image, on every release
+        assert proxy.open_image_optional(f"oci:{tmp_path}/missing-layout:x") is None
+        with pytest.raises(ImageNotFoundError):
+            proxy.open_image(f"oci:{tmp_path}/missing-layout:x")
 
 
-def test_many_open_close_cycles(config: ProxyConfig, layouts: Layouts, no_leaks: None) -> None:
-    with ImageProxy(config) as proxy:
+def test_many_open_close_cycles(
+    front: str, config: ProxyConfig, layouts: Layouts, no_leaks: None
+) -> None:
+    with open_proxy(front, config) as proxy:
         for _ in range(200):
             with proxy.open_image(layouts.ref("small")) as img:
                 proxy.fetch_manifest_raw_oci(img)
 
 
-def test_abandoning_streams_midway(config: ProxyConfig, layouts: Layouts, no_leaks: None) -> None:
+def test_abandoning_streams_midway(
+    front: str, config: ProxyConfig, layouts: Layouts, no_leaks: None
+) -> None:
     layer = layouts.small.layers[1]
-    with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("small")) as img:
+    with open_proxy(front, config) as proxy, proxy.open_image(layouts.ref("small")) as img:
         for _ in range(100):
             blob = proxy.get_blob(img, layer.digest, layer.size)
             assert len(blob.read(10)) == 10
@@ -172,8 +192,8 @@ def test_abandoning_streams_midway(config: ProxyConfig, layouts: Layouts, no_lea
             assert blob.read() == layer.blob
 
 
-def test_several_streams_open_at_once(config: ProxyConfig, layouts: Layouts) -> None:
-    with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("small")) as img:
+def test_several_streams_open_at_once(front: str, config: ProxyConfig, layouts: Layouts) -> None:
+    with open_proxy(front, config) as proxy, proxy.open_image(layouts.ref("small")) as img:
         readers = [proxy.get_blob(img, layer.digest, layer.size) for layer in layouts.small.layers]
         # interleave reads across all of them
         parts: List[List[bytes]] = [[] for _ in readers]
@@ -230,12 +250,12 @@ def test_proxy_outlives_the_thread_that_started_it(config: ProxyConfig, layouts:
 # --- bad input -------------------------------------------------------------------------
 
 
-def test_missing_skopeo(tmp_path: Path, no_leaks: None) -> None:
+def test_missing_skopeo(front: str, tmp_path: Path, no_leaks: None) -> None:
     with pytest.raises(SkopeoNotFoundError, match="install skopeo"):
-        ImageProxy(ProxyConfig(skopeo=(str(tmp_path / "nope"),)))
+        open_proxy(front, ProxyConfig(skopeo=(str(tmp_path / "nope"),)))
 
 
-def test_too_old_skopeo(tmp_path: Path, no_leaks: None) -> None:
+def test_too_old_skopeo(front: str, tmp_path: Path, no_leaks: None) -> None:
     # a wrapper that answers Initialize with an old version: the one way to get a 0.2.2 peer
     fake = tmp_path / "old-skopeo"
     fake.write_text(
@@ -248,11 +268,11 @@ def test_too_old_skopeo(tmp_path: Path, no_leaks: None) -> None:
     )
     fake.chmod(0o755)
     with pytest.raises(ProxyTooOldError, match="0.2.2"):
-        ImageProxy(ProxyConfig(skopeo=(str(fake),)))
+        open_proxy(front, ProxyConfig(skopeo=(str(fake),)))
 
 
-def test_bad_references(config: ProxyConfig, no_leaks: None) -> None:
-    with ImageProxy(config) as proxy:
+def test_bad_references(front: str, config: ProxyConfig, no_leaks: None) -> None:
+    with open_proxy(front, config) as proxy:
         for ref in ("nosuch://x", "busybox", "docker:busybox", ""):
             with pytest.raises(ConfigurationError):
                 proxy.open_image(ref)
@@ -261,10 +281,10 @@ def test_bad_references(config: ProxyConfig, no_leaks: None) -> None:
 
 
 def test_bad_digests_sizes_and_unknown_blobs(
-    config: ProxyConfig, layouts: Layouts, no_leaks: None
+    front: str, config: ProxyConfig, layouts: Layouts, no_leaks: None
 ) -> None:
     layer = layouts.small.layers[0]
-    with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("small")) as img:
+    with open_proxy(front, config) as proxy, proxy.open_image(layouts.ref("small")) as img:
         for bad in ("sha256:xyz", "md5:" + "0" * 32, "sha256:" + "A" * 64):
             with pytest.raises(ConfigurationError):
                 proxy.get_blob(img, bad, 1)
@@ -277,8 +297,8 @@ def test_bad_digests_sizes_and_unknown_blobs(
             assert blob.read() == layer.blob
 
 
-def test_use_after_close(config: ProxyConfig, layouts: Layouts) -> None:
-    proxy = ImageProxy(config)
+def test_use_after_close(front: str, config: ProxyConfig, layouts: Layouts) -> None:
+    proxy = open_proxy(front, config)
     img = proxy.open_image(layouts.ref("small"))
     proxy.close_image(img)
     with pytest.raises(ConfigurationError, match="closed"):
@@ -290,13 +310,16 @@ def test_use_after_close(config: ProxyConfig, layouts: Layouts) -> None:
         proxy.open_image(layouts.ref("small"))
     with pytest.raises(ProxyClosedError):
         proxy.fetch_manifest(other)
-    with ImageProxy(config) as second, pytest.raises(ConfigurationError, match="another proxy"):
+    with (
+        open_proxy(front, config) as second,
+        pytest.raises(ConfigurationError, match="another proxy"),
+    ):
         second.fetch_manifest(other)
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncate"])
 def test_damaged_blobs_fail_verification(
-    config: ProxyConfig, layout_builder: LayoutBuilder, damage: str, no_leaks: None
+    front: str, config: ProxyConfig, layout_builder: LayoutBuilder, damage: str, no_leaks: None
 ) -> None:
     image = layout_builder.add_image(
         "t", [make_tar({"a": b"x" * 5000}), make_tar({"b": b"y" * 100000})]
@@ -306,7 +329,7 @@ def test_damaged_blobs_fail_verification(
         corrupt_blob(layout_builder.path, layer.digest)
     else:
         truncate_blob(layout_builder.path, layer.digest)
-    with ImageProxy(config) as proxy, proxy.open_image(layout_builder.ref("t")) as img:
+    with open_proxy(front, config) as proxy, proxy.open_image(layout_builder.ref("t")) as img:
         with pytest.raises(BlobVerificationError):
             with proxy.get_blob(img, layer.digest, layer.size) as blob:
                 blob.read()
@@ -316,39 +339,42 @@ def test_damaged_blobs_fail_verification(
             assert blob.read() == good.blob
 
 
-def test_raw_blob(config: ProxyConfig, skopeo_release: SkopeoRelease, layouts: Layouts) -> None:
+def test_raw_blob(
+    front: str, config: ProxyConfig, skopeo_release: SkopeoRelease, layouts: Layouts
+) -> None:
     layer = layouts.small.layers[1]
-    with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("small")) as img:
-        if skopeo_release.protocol < "0.2.8":
+    with open_proxy(front, config) as proxy, proxy.open_image(layouts.ref("small")) as img:
+        if not skopeo_release.has_protocol("0.2.8"):
             with pytest.raises(ProxyTooOldError, match="0.2.8"):
                 proxy.get_raw_blob(img, layer.digest)
             return
         with proxy.get_raw_blob(img, layer.digest) as blob:
-            assert isinstance(blob, BlobReader) and blob.size == layer.size
+            assert blob.size == layer.size
+            assert isinstance(blob, BlobReader) is (front == "sync")
             assert blob.read() == layer.blob
         with proxy.get_raw_blob(img, layer.digest, layer.size, verify=True) as blob:
             assert blob.read() == layer.blob
 
 
-def test_fetch_manifest_json_roundtrip(config: ProxyConfig, layouts: Layouts) -> None:
-    with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("small")) as img:
+def test_fetch_manifest_json_roundtrip(front: str, config: ProxyConfig, layouts: Layouts) -> None:
+    with open_proxy(front, config) as proxy, proxy.open_image(layouts.ref("small")) as img:
         _, raw = proxy.fetch_manifest_raw_oci(img)
         _, manifest = proxy.fetch_manifest(img)
         assert manifest.to_json() == json.loads(raw)
 
 
 def test_copy_to_a_file(
-    config: ProxyConfig, skopeo_release: SkopeoRelease, layouts: Layouts, tmp_path: Path
+    front: str, config: ProxyConfig, skopeo_release: SkopeoRelease, layouts: Layouts, tmp_path: Path
 ) -> None:
     """copy_to splices where nothing needs to see the bytes, and verifies either way."""
     layer = layouts.small.layers[1]
-    with ImageProxy(config) as proxy, proxy.open_image(layouts.ref("small")) as img:
+    with open_proxy(front, config) as proxy, proxy.open_image(layouts.ref("small")) as img:
         with proxy.get_blob(img, layer.digest, layer.size) as blob:
             assert blob.read(10) == layer.blob[:10]
             with open(tmp_path / "rest", "wb") as out:
                 assert blob.copy_to(out) == layer.size - 10
         assert (tmp_path / "rest").read_bytes() == layer.blob[10:]
-        if skopeo_release.protocol >= "0.2.8":
+        if skopeo_release.has_protocol("0.2.8"):
             with proxy.get_raw_blob(img, layer.digest, layer.size) as blob:
                 fd = os.open(tmp_path / "raw", os.O_WRONLY | os.O_CREAT, 0o600)
                 try:
@@ -359,12 +385,12 @@ def test_copy_to_a_file(
 
 
 def test_copy_to_verifies(
-    config: ProxyConfig, layout_builder: LayoutBuilder, tmp_path: Path, no_leaks: None
+    front: str, config: ProxyConfig, layout_builder: LayoutBuilder, tmp_path: Path, no_leaks: None
 ) -> None:
     image = layout_builder.add_image("t", [make_tar({"b": b"y" * 200000})])
     layer = image.layers[0]
     corrupt_blob(layout_builder.path, layer.digest)
-    with ImageProxy(config) as proxy, proxy.open_image(layout_builder.ref("t")) as img:
+    with open_proxy(front, config) as proxy, proxy.open_image(layout_builder.ref("t")) as img:
         with pytest.raises(BlobVerificationError):
             with proxy.get_blob(img, layer.digest, layer.size) as blob:
                 with open(tmp_path / "out", "wb") as out:

@@ -25,9 +25,9 @@ from containers_image_proxy import (
     BlobVerificationError,
     ImageProxy,
     ProxyConfig,
-    _async_reader,
 )
-from containers_image_proxy._blobstream import BlobStream
+from containers_image_proxy._async import _backend as async_backend
+from containers_image_proxy._stream.state import BlobStream
 from testbed.images import ImageInfo, LayoutBuilder, corrupt_blob, random_layer
 from testbed.releases import SkopeoRelease
 
@@ -53,7 +53,7 @@ def no_thread_leaks() -> Iterator[None]:
 
 def hashed_streams(release: SkopeoRelease) -> List[str]:
     """The ways to get a stream the client hashes, on this release."""
-    return ["get_blob+retries", *(["get_raw_blob"] if release.protocol >= "0.2.8" else [])]
+    return ["get_blob+retries", *(["get_raw_blob"] if release.has_protocol("0.2.8") else [])]
 
 
 def open_stream(proxy: ImageProxy, img: Any, how: str, digest: str, size: int) -> Any:
@@ -119,7 +119,7 @@ def test_copy_to_detects_corruption(
     no_thread_leaks: None,
 ) -> None:
     """A flipped byte in a 12 MiB blob is caught after the pipeline has hashed it."""
-    if skopeo_release.protocol < "0.2.8":
+    if not skopeo_release.has_protocol("0.2.8"):
         pytest.skip("needs GetRawBlob (protocol 0.2.8) for a stream that only we verify")
     image = layout_builder.add_image("t", [random_layer(8, SIZE)], compression=None)
     layer = image.layers[0]
@@ -199,21 +199,26 @@ def test_async_cancelled_reads_lose_nothing(
     layer = image.layers[0]
     config = make_config(skopeo_release, retries=1)  # hashed here on every release
     hashed_while_cancelled = []
-    real_hash_off_loop: Callable[..., Any] = _async_reader._hash_off_loop
+    real_hash_bytes: Callable[..., Any] = async_backend.hash_bytes
+    cut = {"next": False}  # whether the read now starting is to be cancelled while hashing
+    hashing: List[asyncio.Event] = []
 
-    async def slow_hash(stream: Any, data: memoryview) -> None:
-        # make the hashing step slow enough for the timeout below to land inside it
+    async def held_hash(stream: Any, data: memoryview) -> None:
+        if not cut["next"]:
+            await real_hash_bytes(stream, data)
+            return
+        hashing[0].set()
         try:
-            await asyncio.sleep(0.05)
+            await asyncio.Event().wait()  # held until the test cancels the read
         except asyncio.CancelledError:
-            await real_hash_off_loop(stream, data)
+            await real_hash_bytes(stream, data)
             hashed_while_cancelled.append(len(data))
             raise
-        await real_hash_off_loop(stream, data)
 
-    monkeypatch.setattr(_async_reader, "_hash_off_loop", slow_hash)
+    monkeypatch.setattr(async_backend, "hash_bytes", held_hash)
 
     async def main() -> bytes:
+        hashing.append(asyncio.Event())
         parts = []
         async with AsyncImageProxy(config) as proxy:
             async with await proxy.open_image(builder.ref("big")) as img:
@@ -221,14 +226,21 @@ def test_async_cancelled_reads_lose_nothing(
                     buf = bytearray(1024 * 1024)
                     assert await blob.readinto(bytearray(0)) == 0  # not the end
                     for i in range(10_000):
-                        try:
-                            # every other read is cut short while its chunk is hashed
-                            timeout = 0.01 if i % 2 else 5.0
-                            got = await asyncio.wait_for(blob.readinto(buf), timeout)
-                        except asyncio.TimeoutError:
+                        # every other read is cancelled while its chunk is hashed
+                        cut["next"] = i % 2 == 1
+                        hashing[0].clear()
+                        read = asyncio.ensure_future(blob.readinto(buf))
+                        held = asyncio.ensure_future(hashing[0].wait())
+                        await asyncio.wait({read, held}, return_when=asyncio.FIRST_COMPLETED)
+                        held.cancel()
+                        if not read.done():
+                            read.cancel()
+                            with pytest.raises(asyncio.CancelledError):
+                                await read
                             # a cancelled read handed nothing out, whatever left the pipe
                             assert blob.bytes_read == sum(map(len, parts))
                             continue
+                        got = read.result()
                         if not got:
                             break
                         parts.append(bytes(buf[:got]))

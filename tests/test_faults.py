@@ -28,6 +28,7 @@ from containers_image_proxy import (
     RequestError,
 )
 from testbed import fake_peer
+from testbed.fronts import open_proxy
 from testbed.images import LayoutBuilder, random_layer
 from testbed.releases import SkopeoRelease
 
@@ -161,7 +162,7 @@ def test_many_proxies_leave_nothing_behind(skopeo_release: SkopeoRelease, tmp_pa
     assert child_pids() == children
 
 
-# --- a scripted fake peer: malformed replies real skopeo never sends --------------------
+# --- a scripted fake peer: malformed replies real skopeo never sends (both front ends) ----
 
 
 def fake_config(*steps: Any, version: str = "0.2.8") -> ProxyConfig:
@@ -195,8 +196,8 @@ MALFORMED_OPEN = [
 
 
 @pytest.mark.parametrize("step", MALFORMED_OPEN, ids=lambda s: s["raw"][:30])
-def test_malformed_open_replies(step: Any, fake_env: None, no_leaks: None) -> None:
-    with ImageProxy(fake_config(step)) as proxy, pytest.raises(ProtocolError):
+def test_malformed_open_replies(front: str, step: Any, fake_env: None, no_leaks: None) -> None:
+    with open_proxy(front, fake_config(step)) as proxy, pytest.raises(ProtocolError):
         proxy.open_image("oci:/x:y")
 
 
@@ -209,24 +210,26 @@ MALFORMED_MANIFEST = [
 
 
 @pytest.mark.parametrize("step", MALFORMED_MANIFEST, ids=lambda s: s["raw"][:40])
-def test_malformed_pipe_replies(step: Any, fake_env: None, no_leaks: None) -> None:
-    with ImageProxy(fake_config({"raw": OK}, step)) as proxy:
+def test_malformed_pipe_replies(front: str, step: Any, fake_env: None, no_leaks: None) -> None:
+    with open_proxy(front, fake_config({"raw": OK}, step)) as proxy:
         img = proxy.open_image("oci:/x:y")
         with pytest.raises(ProtocolError):
             proxy.fetch_manifest_raw_oci(img)
 
 
-def test_raw_blob_with_one_fd(fake_env: None, no_leaks: None) -> None:
+def test_raw_blob_with_one_fd(front: str, fake_env: None, no_leaks: None) -> None:
     bad = {"raw": '{"success": true, "value": 3, "pipeid": 0}', "fds": 1, "payload": "abc"}
-    with ImageProxy(fake_config({"raw": OK}, bad)) as proxy:
+    with open_proxy(front, fake_config({"raw": OK}, bad)) as proxy:
         img = proxy.open_image("oci:/x:y")
         with pytest.raises(ProtocolError):
             proxy.get_blob(img, "sha256:" + "0" * 64, 3)
 
 
-def test_raw_blob_with_garbage_in_the_error_pipe(fake_env: None, no_leaks: None) -> None:
+def test_raw_blob_with_garbage_in_the_error_pipe(
+    front: str, fake_env: None, no_leaks: None
+) -> None:
     bad = {"raw": '{"success": true, "value": 3, "pipeid": 0}', "fds": 2, "payload": "abc"}
-    with ImageProxy(fake_config({"raw": OK}, bad)) as proxy:
+    with open_proxy(front, fake_config({"raw": OK}, bad)) as proxy:
         img = proxy.open_image("oci:/x:y")
         # the error pipe holds "abc" too: not JSON
         blob = proxy.get_raw_blob(img, "sha256:" + "0" * 64)
@@ -235,12 +238,12 @@ def test_raw_blob_with_garbage_in_the_error_pipe(fake_env: None, no_leaks: None)
         blob.close()
 
 
-def test_peer_that_exits_at_once(tmp_path: Path, no_leaks: None) -> None:
+def test_peer_that_exits_at_once(front: str, tmp_path: Path, no_leaks: None) -> None:
     script = tmp_path / "dies"
     script.write_text("#!/bin/sh\necho 'something went wrong' >&2\nexit 3\n")
     script.chmod(0o755)
     with pytest.raises(ProxyExitedError, match="something went wrong") as e:
-        ImageProxy(ProxyConfig(skopeo=(str(script),)))
+        open_proxy(front, ProxyConfig(skopeo=(str(script),)))
     assert e.value.returncode == 3
 
 

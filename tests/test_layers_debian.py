@@ -204,14 +204,16 @@ ROOTLESS_XATTR = "user.rootlesscontainers"
 
 
 def _without_umoci_rootless_conventions(rootless: Tree, rooted: Tree) -> Tree:
-    """umoci's rootless tree minus the two things umoci adds there and the client, by
-    design, does not (it skips device nodes and leaves ownership to the caller):
+    """umoci's rootless tree minus the three things umoci keeps or adds there and the
+    client, by design, does not (it skips device nodes, leaves ownership to the caller
+    and drops the setuid/setgid bits meant for the image's owners):
 
     - the owner of an entry not owned by 0:0 in the image, as a ``user.rootlesscontainers``
       xattr (rootlesscontainers.io);
-    - an empty regular file where the image has a device node.
+    - an empty regular file where the image has a device node;
+    - setuid/setgid bits on files (``usr/bin/su`` and the like).
 
-    Both are checked to be exactly that before they are dropped.
+    Each is checked to be exactly that before it is dropped.
     """
     entries = dict(rootless.entries)
     devices = {rel for rel, e in rooted.entries.items() if e.kind in ("char", "block")}
@@ -225,6 +227,10 @@ def _without_umoci_rootless_conventions(rootless: Tree, rooted: Tree) -> Tree:
         if owned:
             kept = tuple(x for x in e.xattrs if x[0] != ROOTLESS_XATTR)
             entries[rel] = dataclasses.replace(e, xattrs=kept)
+    setid = [rel for rel, e in entries.items() if e.kind == "file" and e.mode & 0o6000]
+    assert "usr/bin/su" in setid
+    for rel in setid:
+        entries[rel] = dataclasses.replace(entries[rel], mode=entries[rel].mode & ~0o6000)
     return Tree(entries, rootless.hardlinks)
 
 
@@ -270,8 +276,6 @@ def test_zstd_output_filled_exactly_then_more_input() -> None:
     assert reader.readinto(memoryview(out)) == len(content)
     assert reader.readinto(memoryview(out)) == 0  # raises LayerFormatError instead
     assert bytes(out) == content
-
-
 
 
 def test_umoci_insert_layers(tmp_path: Path) -> None:

@@ -15,10 +15,11 @@ from typing import Any, Optional
 
 import pytest
 
-from containers_image_proxy import BlobVerificationError
+from containers_image_proxy import BlobVerificationError, ProxyError
 from containers_image_proxy.layers import (
     LayerFormatError,
     UnsafeLayerError,
+    copy_file,
     read_file,
     read_file_async,
     unpack,
@@ -240,12 +241,14 @@ def test_cancelling_unpack_async_stops_the_worker_and_cleans_up(tmp_path: Path) 
             if proxy.gate is not None:
                 break
         assert proxy.gate is not None, "the second layer is being read"
-        await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert os.listdir(tmp_path) == [], "no destination, no staged tree"
-        await asyncio.sleep(0.1)
+        for _ in range(100):  # the worker thread closes them as it stops: a deadline
+            if all(r.closed for r in proxy.readers):
+                break
+            await asyncio.sleep(0.05)
         assert all(r.closed for r in proxy.readers)
 
     asyncio.run(main())
@@ -254,3 +257,24 @@ def test_cancelling_unpack_async_stops_the_worker_and_cleans_up(tmp_path: Path) 
             break
         threading.Event().wait(0.05)
     assert threading.active_count() <= threads_before
+
+
+def test_max_size_and_copy_file_through_proxies() -> None:
+    proxy = FakeProxy(LAYERS)
+    assert read_file(proxy, "IMG", "/etc/os-release", max_size=7) == b"ID=top\n"
+    with pytest.raises(ProxyError, match="7 bytes, over the limit of 6"):
+        read_file(proxy, "IMG", "/etc/os-release", max_size=6)
+    chunks: list[bytes] = []
+    assert copy_file(FakeProxy(LAYERS), "IMG", "/bin/tool", chunks.append) == 4
+    assert chunks == [b"tool"]
+    with pytest.raises(ProxyError, match="over the limit of 3"):
+        copy_file(FakeProxy(LAYERS), "IMG", "/bin/tool", chunks.append, max_size=3)
+    assert chunks == [b"tool"], "nothing written past the limit"
+
+    async def main() -> None:
+        proxy = FakeAsyncProxy(LAYERS)
+        assert await read_file_async(proxy, "IMG", "etc/os-release", max_size=7) == b"ID=top\n"
+        with pytest.raises(ProxyError, match="7 bytes, over the limit of 6"):
+            await read_file_async(FakeAsyncProxy(LAYERS), "IMG", "etc/os-release", max_size=6)
+
+    asyncio.run(main())

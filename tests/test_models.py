@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from containers_image_proxy._core.protocol import MAX_JSON_DEPTH
 from containers_image_proxy._errors import ConfigurationError
 from containers_image_proxy._models import (
     MEDIA_TYPE_DOCKER_CONFIG,
@@ -689,10 +690,21 @@ class TestErrors:
         with pytest.raises(ConfigurationError, match="expected bytes, got a string"):
             ImageManifest.from_bytes("{}")  # type: ignore[arg-type]
 
-    def test_deep_nesting(self) -> None:
-        raw = b'{"schemaVersion": 2, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-        with pytest.raises(ConfigurationError):
+    @pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, 900, 100_000])
+    def test_deep_nesting(self, depth: int) -> None:
+        # 900 levels decode (under Python's recursion limit) and are still refused, so no
+        # later walk over the extra members (to_json, json.dumps) can overflow the stack
+        raw = b'{"schemaVersion": 2, "x": ' + b"[" * depth + b"]" * depth + b"}"
+        with pytest.raises(ConfigurationError, match="nested more than 256 levels deep"):
             ImageManifest.from_bytes(raw)
+
+    def test_nesting_within_the_bound(self) -> None:
+        doc: Any = []
+        for _ in range(MAX_JSON_DEPTH - 2):  # with the manifest object: the bound exactly
+            doc = [doc]
+        raw = json.dumps({**OCI_MANIFEST, "x": doc}).encode()
+        manifest = ImageManifest.from_bytes(raw)
+        assert json.dumps(manifest.to_json()).encode() == raw
 
     def test_errors_are_value_errors(self) -> None:
         with pytest.raises(ValueError):

@@ -4,61 +4,45 @@ a list of scripted results (no process)."""
 from __future__ import annotations
 
 import json
-from typing import Any, List, Tuple
+from typing import Any, Tuple
 
 import pytest
 
 from containers_image_proxy import (
     ConfigurationError,
+    ImageNotFoundError,
     ProtocolError,
     ProxyConfig,
     ProxyTooOldError,
     RequestError,
 )
-from containers_image_proxy import _operations as ops
-from containers_image_proxy._blobstream import StreamKind
 from containers_image_proxy._config import build_command
+from containers_image_proxy._core import actions
+from containers_image_proxy._core import operations as ops
+from containers_image_proxy._core.session import Session
 from containers_image_proxy._models import Digest
 from containers_image_proxy._reference import ImageReference
+from containers_image_proxy._stream.state import StreamKind
+from testbed.script import Script
 
 DIGEST = "sha256:" + "ab" * 32
 
 
-class Script:
-    """Performs actions by popping scripted results; records what was asked."""
-
-    def __init__(self, *results: Any) -> None:
-        self.results = list(results)
-        self.actions: List[ops.Action] = []
-
-    def __call__(self, action: ops.Action) -> Any:
-        self.actions.append(action)
-        result = self.results.pop(0)
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def run(self, op: ops.Op) -> Any:
-        value = ops.drive(op, self)
-        assert not self.results, "unused scripted results"
-        return value
-
-
-def session(version: Tuple[int, int, int], **config: Any) -> ops.Session:
-    s = ops.Session(ProxyConfig(**config))
+def session(version: Tuple[int, int, int], **config: Any) -> Session:
+    s = Session(ProxyConfig(**config))
     s.version = version
     return s
 
 
 def test_initialize_sets_the_version() -> None:
-    s = ops.Session(ProxyConfig())
+    s = Session(ProxyConfig())
     assert Script("0.2.8").run(ops.initialize(s)) == "0.2.8"
     assert s.protocol_version == "0.2.8" and s.supports("GetRawBlob")
 
 
 def test_initialize_refuses_too_old() -> None:
     with pytest.raises(ProxyTooOldError):
-        Script("0.2.2").run(ops.initialize(ops.Session(ProxyConfig())))
+        Script("0.2.2").run(ops.initialize(Session(ProxyConfig())))
 
 
 @pytest.mark.parametrize(
@@ -66,16 +50,16 @@ def test_initialize_refuses_too_old() -> None:
 )
 def test_policy_on_old_proxy_fails_closed(config: Any) -> None:
     with pytest.raises(ProxyTooOldError, match="signature policy") as e:
-        Script("0.2.5").run(ops.initialize(ops.Session(ProxyConfig(**config))))
+        Script("0.2.5").run(ops.initialize(Session(ProxyConfig(**config))))
     assert e.value.required == "0.2.6"
-    Script("0.2.6").run(ops.initialize(ops.Session(ProxyConfig(**config))))
+    Script("0.2.6").run(ops.initialize(Session(ProxyConfig(**config))))
 
 
 def test_open_image_optional_native() -> None:
     s = session((0, 2, 8))
     script = Script(0)
     assert script.run(ops.open_image_optional(s, "docker://x/y:z")) is None
-    assert script.actions == [ops.Call("OpenImageOptional", ("docker://x/y:z",))]
+    assert script.actions == [actions.Call("OpenImageOptional", ("docker://x/y:z",))]
     assert Script(4).run(ops.open_image_optional(s, "docker://x/y:z")) == 4
 
 
@@ -88,6 +72,49 @@ def test_open_image_optional_emulated_on_0_2_3() -> None:
         Script(RequestError("OpenImage", "x509: unknown authority")).run(
             ops.open_image_optional(s, "docker://x/y:z")
         )
+
+
+def test_open_image_records_the_image_and_classifies_missing() -> None:
+    s = session((0, 2, 8))
+    assert Script(3).run(ops.open_image(s, "oci:/x:y")) == 3
+    assert s.open_images == {3}
+    missing = RequestError("OpenImage", "open /l/index.json: no such file or directory")
+    with pytest.raises(ImageNotFoundError) as e:
+        Script(missing).run(ops.open_image(s, "oci:/l:y"))
+    assert e.value.reference == "oci:/l:y" and s.open_images == {3}
+    # the same text for another transport says nothing about the image
+    with pytest.raises(RequestError) as other:
+        Script(missing).run(ops.open_image(s, "docker://x/y:z"))
+    assert not isinstance(other.value, ImageNotFoundError)
+
+
+def test_lazy_transport_is_checked_at_open() -> None:
+    s = session((0, 2, 8))
+    gone = RequestError("GetManifest", "open /d/manifest.json: no such file or directory")
+    script = Script(5, gone, None)
+    with pytest.raises(ImageNotFoundError):
+        script.run(ops.open_image(s, "dir:/d"))
+    assert script.actions == [
+        actions.Call("OpenImage", ("dir:/d",)),
+        actions.CallPiped("GetManifest", (5,)),
+        actions.Call("CloseImage", (5,)),
+    ]
+    assert s.open_images == set()
+    assert Script(5, gone, None).run(ops.open_image_optional(s, "dir:/d")) is None
+    # any other failure is left for the first read, and the image stays open
+    damaged = RequestError("GetManifest", "manifest.json: permission denied")
+    assert Script(6, damaged).run(ops.open_image(s, "dir:/d")) == 6
+    assert s.open_images == {6}
+
+
+def test_close_open_images_closes_each_once_and_ignores_refusals() -> None:
+    s = session((0, 2, 8))
+    s.open_images.update({1, 2, 3})
+    Script(None).run(ops.close_image(s, 2))
+    script = Script(RequestError("CloseImage", "no such image"), None)
+    script.run(ops.close_open_images(s))
+    assert sorted(a.args[0] for a in script.actions) == [1, 3]  # type: ignore[union-attr]
+    assert s.open_images == set()
 
 
 def test_open_image_rejects_zero_and_garbage_ids() -> None:
@@ -157,13 +184,13 @@ def test_get_blob_picks_the_method_by_version() -> None:
     script = Script("reader")
     assert script.run(ops.get_blob(session((0, 2, 8)), 1, DIGEST, 10)) == "reader"
     (action,) = script.actions
-    assert isinstance(action, ops.OpenStream)
+    assert isinstance(action, actions.OpenStream)
     assert action.method == "GetRawBlob" and action.args == (1, DIGEST)
     assert action.spec.kind is StreamKind.RAW and action.spec.verify
     script = Script("reader")
     script.run(ops.get_blob(session((0, 2, 6)), 1, DIGEST, 10))
     (action,) = script.actions
-    assert isinstance(action, ops.OpenStream)
+    assert isinstance(action, actions.OpenStream)
     assert action.method == "GetBlob" and action.args == (1, DIGEST, 10)
     assert not action.spec.verify  # skopeo verifies GetBlob itself
 
@@ -192,7 +219,7 @@ def test_retries_only_retryable_errors_with_backoff() -> None:
     flaky = RequestError("GetRawBlob", "connection reset", "retryable", True)
     script = Script(flaky, None, flaky, None, "reader")
     assert script.run(ops.get_blob(s, 1, DIGEST, 10)) == "reader"
-    sleeps = [a.seconds for a in script.actions if isinstance(a, ops.Sleep)]
+    sleeps = [a.seconds for a in script.actions if isinstance(a, actions.Sleep)]
     assert sleeps == [0.2, 0.4]
     with pytest.raises(RequestError):
         Script(flaky, None, flaky, None, flaky).run(ops.get_blob(s, 1, DIGEST, 10))
@@ -245,6 +272,13 @@ def test_auth_data_goes_through_an_fd_only() -> None:
         build_command(config)
 
 
+def test_max_metadata_size_is_the_clients_own() -> None:
+    assert ProxyConfig().max_metadata_size == 4 * 1024 * 1024
+    raised = ProxyConfig(max_metadata_size=64 * 1024 * 1024, tls_verify=False)
+    assert build_command(raised) == build_command(ProxyConfig(tls_verify=False))
+    assert "max_metadata_size=67108864" in repr(raised)
+
+
 def test_anonymous() -> None:
     assert build_command(ProxyConfig(auth_anonymous=True))[-1] == "--no-creds"
 
@@ -261,6 +295,9 @@ def test_anonymous() -> None:
         {"retries": -1},
         {"policy": "/p", "insecure_policy": True},
         {"override_arch": ""},
+        {"max_metadata_size": 4095},
+        {"max_metadata_size": True},
+        {"max_metadata_size": 4096.0},
     ],
 )
 def test_invalid_configurations(fields: Any) -> None:

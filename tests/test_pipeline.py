@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from containers_image_proxy._pipeline import (
+from containers_image_proxy._stream.copying import (
     BUFFER_COUNT,
     BUFFER_SIZE,
     MIN_PIPELINED_SIZE,
+    PIPE_SIZE,
+    Coalescer,
     HashWritePipeline,
     buffer_count,
 )
-from containers_image_proxy._streaming import PIPE_SIZE, Coalescer
 
 
 def test_buffer_count() -> None:

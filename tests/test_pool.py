@@ -15,21 +15,19 @@ import pytest
 from conftest import child_pids
 from containers_image_proxy import (
     AsyncImageProxy,
+    AsyncProxyPool,
     ConfigurationError,
     ImageProxy,
     OpenedImage,
+    PoolShutdownError,
     ProxyClosedError,
     ProxyConfig,
     ProxyError,
     ProxyExitedError,
+    ProxyPool,
     SkopeoNotFoundError,
 )
-from containers_image_proxy._async_pool import AsyncProxyPool
-from containers_image_proxy._pool import (
-    PoolBalancer,
-    PoolShutdownError,
-    ProxyPool,
-)
+from containers_image_proxy._pooling import PoolBalancer
 from containers_image_proxy._transport import peer_closed
 from testbed.images import Layouts
 

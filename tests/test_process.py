@@ -106,19 +106,23 @@ def test_skopeo_dies_with_the_python_process(skopeo_release: SkopeoRelease) -> N
     code = textwrap.dedent(
         f"""
         import os, sys, threading, time
-        from containers_image_proxy import ImageProxy, ProxyConfig
+        from containers_image_proxy import ImageProxy, ProxyConfig, RequestError
         box = {{}}
         config = ProxyConfig(skopeo={skopeo_release.argv!r})
         t = threading.Thread(target=lambda: box.setdefault("p", ImageProxy(config)))
         t.start(); t.join()
+        # a round trip after the thread is gone: skopeo outlived it and still answers
+        try:
+            box["p"].open_image("oci:/nonexistent/layout:x")
+        except RequestError:
+            pass
         print(box["p"]._process.pid, flush=True)
-        time.sleep(60)
+        threading.Event().wait()  # until killed
         """
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     pid = int(child.stdout.readline())
-    time.sleep(0.5)
     os.kill(pid, 0)  # alive although the thread that started it is gone
     child.kill()
     child.wait()

@@ -13,21 +13,23 @@ from hypothesis import strategies as st
 from containers_image_proxy import (
     BlobVerificationError,
     ConfigurationError,
+    MetadataTooLargeError,
     ProtocolError,
     ProxyTooOldError,
     RequestError,
 )
-from containers_image_proxy._blobstream import BlobStream, StreamKind, StreamSpec
-from containers_image_proxy._connection import Connection
-from containers_image_proxy._models import Digest
-from containers_image_proxy._protocol import (
+from containers_image_proxy._core.connection import Connection
+from containers_image_proxy._core.protocol import (
+    MAX_JSON_DEPTH,
     MAX_JSON_INT,
     MAX_REQUEST_SIZE,
     Feature,
+    MetadataBuffer,
     PipeReply,
     RawPipesReply,
     ValueReply,
     check_minimum_version,
+    decode_json,
     decode_raw_blob_error,
     decode_reply,
     encode_request,
@@ -37,7 +39,9 @@ from containers_image_proxy._protocol import (
     parse_version,
     require_feature,
 )
-from containers_image_proxy._streaming import StreamEnds
+from containers_image_proxy._models import Digest
+from containers_image_proxy._stream.ends import StreamEnds
+from containers_image_proxy._stream.state import BlobStream, StreamKind, StreamSpec
 
 
 def fd_is_open(fd: int) -> bool:
@@ -175,10 +179,20 @@ def test_error_reply_becomes_request_error() -> None:
 
 
 def test_error_reply_retryable_code() -> None:
-    data = reply(success=False, pipeid=0, error="blob unknown", error_code="retryable")
+    data = reply(success=False, pipeid=0, error="read: i/o error", error_code="retryable")
     with pytest.raises(RequestError) as e:
         decode_reply("GetRawBlob", data, [])
     assert e.value.retryable is True
+
+
+def test_absent_content_is_never_retryable() -> None:
+    # skopeo 1.22 codes a registry's "blob unknown" as retryable: asking again is in vain
+    data = reply(success=False, pipeid=0, error="blob unknown to registry", error_code="retryable")
+    with pytest.raises(RequestError) as e:
+        decode_reply("GetRawBlob", data, [])
+    assert e.value.error_code == "retryable" and e.value.retryable is False
+    assert not is_retryable("open /l/blobs/sha256/ab: no such file or directory", "retryable")
+    assert not is_retryable("invalid status code from registry 404 (Not Found)", None)
 
 
 def test_error_reply_without_code_is_classified_from_text() -> None:
@@ -280,6 +294,105 @@ def test_fuzzed_reply_objects(obj: Any, method: str, nfds: int) -> None:
     assert held == set(fds)
     for fd in fds:
         os.close(fd)
+
+
+# --- hostile JSON: nesting, encoding, size ---------------------------------------------
+
+
+def nested(depth: int, inner: bytes = b"1") -> bytes:
+    """``depth`` arrays and objects in turn around ``inner``."""
+    head = b"".join(b"[" if i % 2 else b'{"k":' for i in range(depth))
+    tail = b"".join(b"]" if i % 2 else b"}" for i in reversed(range(depth)))
+    return head + inner + tail
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 5_000, 50_000])
+def test_deep_reply_is_a_protocol_error_and_closes_fds(depth: int, pipe_fds: Any) -> None:
+    # 50,000 levels overflow json's own recursion; MAX_JSON_DEPTH + 1 decodes but is refused
+    fds = pipe_fds(1)
+    data = b'{"success":true,"pipeid":3,"value":' + nested(depth) + b"}"
+    with pytest.raises(ProtocolError, match=f"nested more than {MAX_JSON_DEPTH} levels"):
+        decode_reply("GetManifest", data, fds)
+    assert not fd_is_open(fds[0])
+
+
+def test_nesting_up_to_the_bound_is_accepted() -> None:
+    # the reply object itself is one level: the value may nest one less than the bound
+    data = b'{"success":true,"pipeid":0,"value":' + nested(MAX_JSON_DEPTH - 1) + b"}"
+    value = decode_reply("OpenImage", data, []).value  # type: ignore[union-attr]
+    depth = 0
+    while isinstance(value, (dict, list)):
+        value = value["k"] if isinstance(value, dict) else value[0]
+        depth += 1
+    assert depth == MAX_JSON_DEPTH - 1 and value == 1
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    text = "[" * (4 * MAX_JSON_DEPTH)
+    assert decode_json(json.dumps({"a": [text, {"b": text}]}).encode(), "x") == {
+        "a": [text, {"b": text}]
+    }
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"a":"\xff"}', b'"\xc3\x28"', b'{"a":', b"", b"\x00", b"[1]]"],
+)
+def test_undecodable_json_is_a_protocol_error(data: bytes) -> None:
+    with pytest.raises(ProtocolError, match="GetLayerInfoPiped: not valid JSON"):
+        decode_json(data, "GetLayerInfoPiped")
+
+
+def test_deep_raw_blob_error_payload() -> None:
+    with pytest.raises(ProtocolError, match="nested"):
+        decode_raw_blob_error(nested(50_000))
+
+
+def test_reply_over_the_limit_names_the_limit_not_the_content(pipe_fds: Any) -> None:
+    fds = pipe_fds(1)
+    secret = "s3cr3t-" * 1000
+    data = reply(success=True, value=secret, pipeid=2)
+    with pytest.raises(MetadataTooLargeError) as caught:
+        decode_reply("GetManifest", data, fds, limit=len(data) - 1)
+    assert not fd_is_open(fds[0])
+    err = caught.value
+    assert isinstance(err, ProtocolError) and err.limit == len(data) - 1
+    assert str(err) == (
+        f"GetManifest reply: larger than the {len(data) - 1}-byte metadata limit"
+        " (ProxyConfig.max_metadata_size)"
+    )
+    assert "s3cr3t" not in str(err) and "s3cr3t" not in repr(err)
+    assert isinstance(decode_reply("GetManifest", data, pipe_fds(1), limit=len(data)), PipeReply)
+
+
+def test_connection_refuses_replies_over_its_limit() -> None:
+    conn = Connection(max_reply_size=64)
+    _, first = conn.request("GetLayerInfo", (1,))
+    _, second = conn.request("CloseImage", (1,))
+    with pytest.raises(MetadataTooLargeError):
+        conn.receive(reply(success=True, value=["x" * 64], pipeid=0), [], False)
+    for ticket in (first, second):
+        with pytest.raises(MetadataTooLargeError):
+            ticket.result()
+
+
+@pytest.mark.parametrize("limit", [1, 10, 4096])
+def test_metadata_buffer_holds_at_most_one_byte_past_the_limit(limit: int) -> None:
+    source = bytes(range(256)) * 64  # 16 KiB, more than every limit here
+    buf = MetadataBuffer("GetManifest payload", limit)
+    offered = 0
+    with pytest.raises(MetadataTooLargeError, match=f"{limit}-byte"):
+        while True:
+            want = buf.room(1000)
+            assert 1 <= want <= 1000
+            chunk = source[offered : offered + want]
+            offered += len(chunk)
+            buf.add(chunk)
+    assert offered == limit + 1  # the reads asked for one byte past the limit, no more
+    exact = MetadataBuffer("x", limit)
+    for i in range(0, limit, 7):
+        exact.add(source[i : min(limit, i + 7)])
+    assert exact.room(1000) == 1 and exact.take() == source[:limit]
 
 
 # --- error classification --------------------------------------------------------------

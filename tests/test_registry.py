@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -222,9 +224,10 @@ def test_registry_errors(
     assert str(err) == f"{err.method}: {err.message}"
     if skopeo_release.has_protocol("0.2.8"):
         # skopeo 1.22's own classification: a blob the registry does not know comes back
-        # "retryable" (so retries= would ask again, in vain), everything else here "other".
+        # "retryable", everything else here "other"; the client knows better than to ask
+        # again for a blob that is not there (tests/test_retries.py counts the requests).
         assert err.error_code == ("retryable" if case == "unknown-blob" else "other")
-        assert err.retryable is (case == "unknown-blob")
+        assert err.retryable is False
     else:
         assert err.error_code is None and not err.retryable
 
@@ -419,3 +422,45 @@ def test_without_registries_conf_the_names_do_not_resolve(no_leaks: None, pushed
         with pytest.raises(RequestError) as caught:
             proxy.open_image("docker://example.invalid/foo/small:1")
     assert "example.invalid" in caught.value.message
+
+
+def test_auth_data_reaches_only_skopeo(
+    no_leaks: None,
+    skopeo_release: SkopeoRelease,
+    pushed: Pushed,
+    layouts: Layouts,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The anonymous auth.json is close-on-exec: a program the caller starts while a proxy
+    is being spawned (os.system in another thread) does not inherit it; skopeo does."""
+    from containers_image_proxy import _process
+
+    registry = pushed.auth
+    assert registry.auth_json is not None
+    seen: list[tuple[str, int]] = []
+    listing = tmp_path / "inherited"
+    real_spawn = _process._spawner.spawn
+
+    def spawn_with_a_bystander(start: object) -> object:
+        # the moment the credentials exist in this process: their descriptor's flags, and
+        # what a program started by os.system inherits
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{name}")
+            except FileNotFoundError:
+                continue
+            if target.startswith("/memfd:auth.json"):
+                seen.append((target, fcntl.fcntl(int(name), fcntl.F_GETFD)))
+        assert os.system(f"ls -l /proc/self/fd/ > {listing}") == 0
+        return real_spawn(start)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_process._spawner, "spawn", spawn_with_a_bystander)
+    config = make_config(skopeo_release, cert_dir=registry.cert_dir, auth_data=registry.auth_json)
+    with ImageProxy(config) as proxy:
+        read_and_verify(proxy, registry.ref(REPO_TAG), layouts.small)
+    assert len(seen) == 1, seen
+    assert seen[0][1] & fcntl.FD_CLOEXEC
+    text = listing.read_text()
+    assert " 1 -> " in text, text  # ls listed its own descriptors
+    assert "memfd:auth.json" not in text, text

@@ -9,13 +9,15 @@ credentials) for Python programs, streamed without storing the image first::
         digest, manifest = proxy.fetch_manifest(img)
 """
 
-from ._async import AsyncImageProxy
-from ._async_pool import AsyncProxyPool
-from ._async_reader import AsyncBlobReader
+from ._async import AsyncBlobReader, AsyncImageProxy, AsyncProxyPool
 from ._config import ProxyConfig
+from ._core.protocol import Feature
+from ._core.session import OpenedImage
 from ._errors import (
     BlobVerificationError,
     ConfigurationError,
+    ImageNotFoundError,
+    MetadataTooLargeError,
     ProtocolError,
     ProxyClosedError,
     ProxyError,
@@ -37,18 +39,22 @@ from ._models import (
     RootFS,
     RuntimeConfig,
 )
-from ._operations import OpenedImage
-from ._pool import PoolShutdownError, ProxyPool
-from ._protocol import Feature
+from ._pooling import PoolShutdownError
+from ._progress import TransferProgress
+from ._pull import pull, pull_async
 from ._reference import ImageReference
-from ._sync import ImageProxy
-from ._sync_reader import BlobReader
+from ._sync import BlobReader, ImageProxy, ProxyPool
 from .layers import (
     LayerDigestError,
     LayerFormatError,
     UnsafeLayerError,
+    copy_file,
+    list_dir,
+    list_dir_async,
     read_file,
     read_file_async,
+    read_files,
+    read_files_async,
     unpack,
     unpack_async,
 )
@@ -69,11 +75,13 @@ __all__ = [
     "ImageConfig",
     "ImageIndex",
     "ImageManifest",
+    "ImageNotFoundError",
     "ImageProxy",
     "ImageReference",
     "LayerDigestError",
     "LayerFormatError",
     "LayerInfo",
+    "MetadataTooLargeError",
     "OpenedImage",
     "Platform",
     "PoolShutdownError",
@@ -89,9 +97,17 @@ __all__ = [
     "RootFS",
     "RuntimeConfig",
     "SkopeoNotFoundError",
+    "TransferProgress",
     "UnsafeLayerError",
+    "copy_file",
+    "list_dir",
+    "list_dir_async",
+    "pull",
+    "pull_async",
     "read_file",
     "read_file_async",
+    "read_files",
+    "read_files_async",
     "unpack",
     "unpack_async",
 ]

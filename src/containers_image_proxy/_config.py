@@ -12,6 +12,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 DEBUG_ENV = "CONTAINERS_IMAGE_PROXY_DEBUG"
 
+#: The default bound on one metadata reply: containers/image's own cap on the manifests and
+#: configs it takes from a registry (4 MiB).
+DEFAULT_MAX_METADATA_SIZE = 4 * 1024 * 1024
+#: Below this even the smallest replies (a layer list, an error report) would not fit.
+_MIN_METADATA_SIZE = 4096
+
 
 @dataclass(frozen=True)
 class ProxyConfig:
@@ -30,6 +36,10 @@ class ProxyConfig:
     ``stall_timeout`` (seconds) tears the proxy down when a reply or a blob stream makes no
     progress for that long. ``retries`` is how many times a blob whose transfer failed with
     a retryable error is fetched again, while no byte has reached the caller.
+    ``max_metadata_size`` bounds every metadata reply (manifest, config, layer list, a raw
+    blob's error report, a JSON reply on the socket) in bytes, 4 MiB by default as in
+    containers/image; a larger one raises :class:`MetadataTooLargeError` after reading no
+    more than one byte past the limit. It is the client's own setting, not skopeo's.
     """
 
     skopeo: Sequence[str] = ("skopeo",)
@@ -50,6 +60,7 @@ class ProxyConfig:
     debug: bool = False
     stall_timeout: Optional[float] = None
     retries: int = 0
+    max_metadata_size: int = DEFAULT_MAX_METADATA_SIZE
 
     def __post_init__(self) -> None:
         if isinstance(self.skopeo, str):
@@ -76,6 +87,11 @@ class ProxyConfig:
             raise ConfigurationError("stall_timeout must be a positive number of seconds")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ConfigurationError("retries must be a non-negative integer")
+        size = self.max_metadata_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < _MIN_METADATA_SIZE:
+            raise ConfigurationError(
+                f"max_metadata_size must be an integer of at least {_MIN_METADATA_SIZE} bytes"
+            )
         for name in ("override_os", "override_arch", "override_variant", "user_agent_prefix"):
             value = getattr(self, name)
             if value is not None and (not value or "\0" in value):
@@ -125,6 +141,28 @@ def build_command(
     auth.json; ``supports_user_agent_prefix`` says whether this skopeo knows the flag
     (releases before 1.21 exit on an unknown flag, so it is dropped rather than passed).
     """
+    return build_skopeo_command(
+        config,
+        ("experimental-image-proxy",),
+        auth_fd=auth_fd,
+        supports_user_agent_prefix=supports_user_agent_prefix,
+    )
+
+
+def build_skopeo_command(
+    config: ProxyConfig,
+    command: Sequence[str],
+    *,
+    auth_fd: Optional[int] = None,
+    supports_user_agent_prefix: bool = False,
+) -> Tuple[str, ...]:
+    """The argv of a skopeo ``command`` (``experimental-image-proxy``, ``list-tags``,
+    ``inspect --raw``) with this configuration's global and image flags.
+
+    Every command it serves takes the same image flags (credentials, certificates, TLS),
+    so the proxy and the one-shot commands reach a registry the same way. Secrets never
+    appear: ``auth_data`` is named by its inherited descriptor ``auth_fd``.
+    """
     if config.auth_data is not None and auth_fd is None:
         raise ConfigurationError("auth_data needs an inherited descriptor")
     argv = list(config.skopeo)
@@ -147,7 +185,7 @@ def build_command(
     if config.user_agent_prefix is not None and supports_user_agent_prefix:
         argv += ["--user-agent-prefix", config.user_agent_prefix]
 
-    argv.append("experimental-image-proxy")
+    argv += command
     if config.authfile is not None:
         argv += ["--authfile", os.fspath(config.authfile)]
     elif auth_fd is not None:

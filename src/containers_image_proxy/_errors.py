@@ -108,6 +108,22 @@ class RequestError(ProxyError):
         super().__init__(f"{method}: {message}")
 
 
+class ImageNotFoundError(RequestError):
+    """The image does not exist, as opposed to: it could not be looked at.
+
+    Raised by ``open_image`` (``open_image_optional`` returns None instead), ``list_tags``
+    and ``fetch_index``. ``reference`` is the image (or repository) asked for. What each
+    transport can tell apart is listed in docs/transports.md; an unreachable registry, a
+    refused login or a permission error stays a plain :class:`RequestError`.
+    """
+
+    def __init__(
+        self, method: str, message: str, error_code: Optional[str] = None, reference: str = ""
+    ) -> None:
+        super().__init__(method, message, error_code, retryable=False)
+        self.reference = reference
+
+
 class BlobVerificationError(ProxyError):
     """A blob's size or digest differs from the one asked for."""
 
@@ -124,6 +140,23 @@ class ProtocolError(ProxyError):
     """skopeo sent something the protocol does not allow; the connection is unusable."""
 
 
+class MetadataTooLargeError(ProtocolError):
+    """A metadata reply (manifest, config, layer list, error report, JSON reply) is larger
+    than ``ProxyConfig.max_metadata_size`` bytes; ``what`` names it, ``limit`` is the limit.
+
+    Reading stopped one byte past the limit and nothing of the payload is kept or quoted.
+    Refused through a pipe (every payload but a reply on the socket itself), the request
+    alone fails and the proxy stays usable; a reply on the socket ends the connection.
+    """
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.what = what
+        self.limit = limit
+        super().__init__(
+            f"{what}: larger than the {limit}-byte metadata limit (ProxyConfig.max_metadata_size)"
+        )
+
+
 def unless_already_failing(exc_type: object) -> ContextManager[object]:
     """For ``__exit__``: while an error unwinds, a ProxyError from the shutdown is
     dropped so that it does not mask the first one; otherwise it is raised."""
@@ -135,6 +168,8 @@ def unless_already_failing(exc_type: object) -> ContextManager[object]:
 __all__ = [
     "BlobVerificationError",
     "ConfigurationError",
+    "ImageNotFoundError",
+    "MetadataTooLargeError",
     "ProtocolError",
     "ProxyClosedError",
     "ProxyError",

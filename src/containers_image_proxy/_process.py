@@ -134,7 +134,9 @@ class SkopeoProcess:
         try:
             auth = config.auth_bytes()
             if auth is not None:
-                auth_fd = os.memfd_create("auth.json", 0)
+                # close-on-exec: a program the caller starts meanwhile (os.system in another
+                # thread) must not inherit the credentials; pass_fds hands it to skopeo only
+                auth_fd = os.memfd_create("auth.json", os.MFD_CLOEXEC)
                 os.write(auth_fd, auth)
                 os.lseek(auth_fd, 0, os.SEEK_SET)
             argv = build_command(config, auth_fd=auth_fd, supports_user_agent_prefix=supports_uap)

@@ -11,10 +11,10 @@ import array
 import os
 import select
 import socket
-from typing import List, Tuple
+from typing import List, Optional, Protocol, Tuple
 
-from ._protocol import MAX_REPLY_SIZE
-from ._protocol import close_fds as close_fds  # one implementation, shared
+from ._core.protocol import MAX_REPLY_SIZE
+from ._core.protocol import close_fds as close_fds  # one implementation, shared
 
 # Room for more fds than any reply may carry, so that extra ones are seen (and closed)
 # instead of being silently cut off by the kernel.
@@ -26,6 +26,14 @@ _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 
 READ_CHUNK = 1024 * 1024
+
+
+class Writable(Protocol):
+    """A file ``copy_to`` can write to: its descriptor, after flushing its buffer."""
+
+    def fileno(self) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 def receive_reply(sock: socket.socket, buf: bytearray) -> Tuple[bytes, List[int], bool]:
@@ -55,6 +63,21 @@ def peer_closed(sock: socket.socket) -> bool:
         return bool(poller.poll(0))
     except OSError:
         return True
+
+
+def wait_readable(fd: int, timeout: Optional[float]) -> bool:
+    """Whether ``fd`` becomes readable within ``timeout`` seconds (None: no limit), blocking
+    the calling thread (the sync front end, one-shot skopeo commands)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
+
+
+def readable_now(fd: int) -> bool:
+    """Whether a read of ``fd`` would not block now (data, EOF or an error is there)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
 
 
 def new_receive_buffer() -> bytearray:

@@ -11,6 +11,10 @@ Fixtures:
   layout. Read-only: a test that damages blobs builds its own layout (``layout_builder``).
 - ``layout_builder`` (function): a :class:`~testbed.images.LayoutBuilder` on a fresh
   directory.
+- ``front`` (function): ``"sync"`` or ``"async"``; a test using it runs on both front ends
+  (open the proxy with :func:`testbed.fronts.open_proxy`).
+- ``go_tarlist`` (session): a :class:`~testbed.tarcraft.GoLister`, the Go program listing
+  tars with archive/tar, built once (skips when ``go`` is not installed).
 
 At the end, the terminal summary counts passed/failed/skipped tests per skopeo release.
 """
@@ -24,9 +28,11 @@ from typing import Any
 
 import pytest
 
+from .fronts import FRONTS
 from .images import LayoutBuilder, Layouts, build_standard_layout
 from .registry import Registry
 from .releases import RELEASES_ENV, SkopeoRelease, all_releases, available_releases
+from .tarcraft import GoLister, build_tarlist
 
 RELEASE_PROPERTY = "skopeo_release"
 
@@ -85,6 +91,20 @@ def layouts(tmp_path_factory: pytest.TempPathFactory) -> Layouts:
 @pytest.fixture
 def layout_builder(tmp_path: Path) -> LayoutBuilder:
     return LayoutBuilder(tmp_path / "oci")
+
+
+@pytest.fixture(params=FRONTS)
+def front(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="session")
+def go_tarlist(tmp_path_factory: pytest.TempPathFactory) -> GoLister:
+    binary = build_tarlist(tmp_path_factory.mktemp("tarlist"))
+    if binary is None:
+        pytest.skip("go is not on PATH (Debian package golang-go, see scripts/setup.sh)")
+    return GoLister(binary)
 
 
 # --- Per-release summary -----------------------------------------------------------------

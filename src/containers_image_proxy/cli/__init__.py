@@ -4,6 +4,7 @@ A thin layer over the library, one module per concern:
 
 - ``_options``: the command line and its mapping onto :class:`~containers_image_proxy.ProxyConfig`
 - ``_commands``: inspect, manifest, config, layers, blob, cat, ls, unpack, exists
+- ``_catalog``: tags, index
 - ``_pull``: pull into an OCI image layout
 - ``_progress``: progress bars (rich, optional) or nothing
 - ``_files``: atomic writes

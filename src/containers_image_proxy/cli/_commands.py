@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import io
 import json
 import logging
 import os
@@ -17,7 +18,10 @@ import stat
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, List, Optional, Tuple
 
+from .. import Feature, RequestError
 from .._config import ProxyConfig
+from .._core.protocol import decode_json
+from .._core.session import OpenedImage
 from .._errors import ConfigurationError, ProxyError
 from .._models import (
     MEDIA_TYPE_DOCKER_CONFIG,
@@ -27,11 +31,11 @@ from .._models import (
     ImageManifest,
     LayerInfo,
 )
-from .._operations import OpenedImage
 from .._sync import ImageProxy
-from ._errors import FAILURE, OK, USAGE, CliError, not_found
-from ._files import AtomicFile, copy_stream
+from ._errors import FAILURE, NOT_FOUND, OK, USAGE, CliError, exit_code, not_found
+from ._files import AtomicFile, copy_stream, destination_directory
 from ._progress import CountingReader, Reporter, total_task
+from ._quoting import shell_escape
 
 log = logging.getLogger("containers_image_proxy.cli")
 
@@ -48,6 +52,8 @@ class Context:
     out: IO[bytes]
     #: messages for a person (pull's summary) go to stderr, and only on a terminal
     chatty: bool = False
+    #: standard output is a terminal: strings from the image are shown escaped
+    terminal: bool = False
 
     def write(self, data: bytes) -> None:
         """Write command output."""
@@ -57,9 +63,26 @@ class Context:
         """Write a line of text output (names from images may not be valid UTF-8)."""
         self.out.write(text.encode("utf-8", "surrogateescape") + b"\n")
 
+    def shown(self, text: str) -> str:
+        """A string from the image as it may reach the output: on a terminal, quoted the
+        way ``ls`` quotes file names (control characters cannot act); elsewhere exact."""
+        return shell_escape(text) if self.terminal else text
+
+    def write_document(self, data: bytes) -> None:
+        """Write a manifest or config: exact bytes, plus a final newline on a terminal (as
+        ``jq`` ends its output) so that the prompt does not follow the closing brace."""
+        self.out.write(data)
+        if self.terminal and not data.endswith(b"\n"):
+            self.out.write(b"\n")
+
     def print_json(self, value: Any) -> None:
-        """Write a JSON document, indented, on its own lines."""
-        self.print(json.dumps(value, indent=2, ensure_ascii=False))
+        """Write a JSON document, indented, on its own lines.
+
+        Always valid UTF-8: a byte of a name that is not UTF-8 (held as a lone surrogate)
+        becomes the JSON escape ``\\udcXX``, which decodes back to the same string.
+        """
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+        self.out.write(text.encode("utf-8", "backslashreplace") + b"\n")
 
 
 @contextlib.contextmanager
@@ -164,7 +187,7 @@ def cmd_inspect(ctx: Context) -> int:
         if manifest.config.media_type in IMAGE_CONFIG_TYPES:
             config_raw = proxy.fetch_config_raw(img)
         layers = layer_infos(proxy, img, manifest)
-    config_json = json.loads(config_raw) if config_raw is not None else None
+    config_json = decode_json(config_raw, "GetFullConfig") if config_raw is not None else None
     if ctx.args.json:
         ctx.print_json(
             {
@@ -187,21 +210,23 @@ def _print_summary(
     config: Optional[ImageConfig],
     layers: List[LayerInfo],
 ) -> None:
-    rows: List[Tuple[str, str]] = [("Image", ctx.args.image), ("Digest", digest)]
+    shown = ctx.shown
+    rows: List[Tuple[str, str]] = [("Image", shown(ctx.args.image)), ("Digest", digest)]
     if config is None:
-        rows.append(("Artifact", manifest.artifact_type or "-"))
-        rows.append(("Config", manifest.config.media_type))
+        rows.append(("Artifact", shown(manifest.artifact_type or "-")))
+        rows.append(("Config", shown(manifest.config.media_type)))
     else:
         platform = f"{config.os}/{config.architecture}"
         if config.variant:
             platform += f"/{config.variant}"
-        rows.append(("Platform", platform))
-        rows.append(("Created", config.created or "-"))
+        rows.append(("Platform", shown(platform)))
+        rows.append(("Created", shown(config.created or "-")))
         run = config.config
         for label, argv in (
             ("Entrypoint", run.entrypoint if run else None),
             ("Cmd", run.cmd if run else None),
         ):
+            # JSON with ensure_ascii: every control character is a \u escape
             rows.append((label, json.dumps(list(argv)) if argv is not None else "-"))
     total = sum(max(0, layer.size) for layer in layers)
     rows.append(("Layers", f"{len(layers)} ({human_size(total)})"))
@@ -209,20 +234,21 @@ def _print_summary(
         ctx.print(f"{label + ':':<12}{value}")
     width = max((len(human_size(layer.size)) for layer in layers), default=0)
     for layer in layers:
-        ctx.print(f"  {layer.digest}  {human_size(layer.size):>{width}}  {layer.media_type}")
+        size = human_size(layer.size)
+        ctx.print(f"  {layer.digest}  {size:>{width}}  {shown(layer.media_type)}")
     labels = dict(config.config.labels) if config is not None and config.config else {}
     labels.update(manifest.annotations if config is None else {})
     if labels:
         ctx.print("Labels:" if config is not None else "Annotations:")
         for key in sorted(labels):
-            ctx.print(f"  {key}={labels[key]}")
+            ctx.print(f"  {shown(key)}={shown(labels[key])}")
 
 
 def cmd_manifest(ctx: Context) -> int:
     """The manifest bytes as the proxy returns them."""
     with opened(ctx) as (proxy, img):
         _, raw = proxy.fetch_manifest_raw_oci(img)
-    ctx.write(raw)
+    ctx.write_document(raw)
     return OK
 
 
@@ -236,7 +262,7 @@ def cmd_config(ctx: Context) -> int:
         else:
             with proxy.get_descriptor(img, manifest.config) as blob:
                 data = blob.read()
-    ctx.write(data)
+    ctx.write_document(data)
     return OK
 
 
@@ -250,30 +276,79 @@ def cmd_layers(ctx: Context) -> int:
         return OK
     width = max((len(str(layer.size)) for layer in layers), default=0)
     for layer in layers:
-        ctx.print(f"{layer.digest}  {layer.size:>{width}}  {layer.media_type}")
+        ctx.print(f"{layer.digest}  {layer.size:>{width}}  {ctx.shown(layer.media_type)}")
     return OK
 
 
 # --- blob ------------------------------------------------------------------------------
 
 
-def _blob_size(proxy: ImageProxy, img: OpenedImage, digest: Digest) -> int:
-    """The size of a blob the image references (layers as copied, manifest layers, config)."""
-    _, raw = proxy.fetch_manifest_raw_oci(img)
-    manifest = parse_manifest(raw)
-    candidates = [manifest.config, *manifest.layers]
-    for desc in candidates:
+def _referenced_size(
+    proxy: ImageProxy, img: OpenedImage, manifest: ImageManifest, digest: Digest
+) -> Optional[int]:
+    """The size of a blob the image's OCI manifest or layer list names, else None."""
+    for desc in (manifest.config, *manifest.layers):
         if desc.digest == digest:
             return desc.size
     for layer in layer_infos(proxy, img, manifest):
         if layer.digest == digest and layer.size >= 0:
             return layer.size
-    raise not_found(f"blob {digest} is not referenced by {_ref(img)}")
+    return None
 
 
 def _ref(img: OpenedImage) -> str:
     """The image's reference, for messages."""
     return str(img.reference)
+
+
+def _open_blob(
+    ctx: Context, proxy: ImageProxy, img: OpenedImage, digest: Digest
+) -> Tuple[Any, Optional[int]]:
+    """A verified reader of the blob ``digest`` of the image, and its size (None: unknown).
+
+    For an image skopeo converts (Docker schema 2 to OCI: the manifest it returns is not
+    the stored one), two configs exist: the converted one, which the OCI manifest names
+    and no source stores (taken from GetFullConfig and checked here), and the stored one,
+    which only the stored manifest names (fetched without a size from GetRawBlob, or with
+    ``--size`` on older skopeo).
+    """
+    stored_digest, raw = proxy.fetch_manifest_raw_oci(img)
+    manifest = parse_manifest(raw)
+    converted = Digest.of(raw, stored_digest.algorithm) != stored_digest
+    if (
+        converted
+        and digest == manifest.config.digest
+        and manifest.config.media_type in IMAGE_CONFIG_TYPES
+    ):
+        data = proxy.fetch_config_raw(img)
+        if Digest.of(data, digest.algorithm) != digest:
+            raise CliError(f"the converted config does not match {digest}")
+        return io.BytesIO(data), len(data)
+    size = _referenced_size(proxy, img, manifest, digest)
+    given: Optional[int] = ctx.args.size
+    if size is not None:
+        if given is not None and given != size:
+            raise CliError(f"--size {given}: the image names {digest} with {size} bytes", USAGE)
+        return proxy.get_blob(img, digest, size), size
+    if not converted:
+        raise not_found(f"blob {digest} is not referenced by {_ref(img)}")
+    # perhaps the stored config, which only the stored manifest names
+    size = given
+    try:
+        if size is not None:
+            return proxy.get_blob(img, digest, size), size
+        if proxy.supports(Feature.RAW_BLOB):
+            return proxy.get_raw_blob(img, digest, verify=True), None
+    except RequestError as e:
+        if exit_code(e) == NOT_FOUND or "unknown blob" in e.message.lower():
+            raise not_found(f"blob {digest} is not in {_ref(img)}") from None
+        raise
+    raise CliError(
+        f"blob {digest} is not named by the OCI manifest skopeo converted {_ref(img)} to;"
+        " if it is the stored config, give its size (--size, from the stored manifest:"
+        " skopeo inspect --raw): this skopeo needs it",
+        USAGE,
+    )
 
 
 def cmd_blob(ctx: Context) -> int:
@@ -286,9 +361,9 @@ def cmd_blob(ctx: Context) -> int:
     if output == "-":
         output = None
     with opened(ctx) as (proxy, img):
-        size = _blob_size(proxy, img, digest)
+        reader, size = _open_blob(ctx, proxy, img, digest)
         task = ctx.reporter.task(short_digest(digest), size)
-        with proxy.get_blob(img, digest, size) as reader:
+        with reader:
             if output is None:
                 copy_stream(CountingReader(reader, task), ctx.write)
             else:
@@ -303,13 +378,22 @@ def cmd_blob(ctx: Context) -> int:
 
 
 def cmd_cat(ctx: Context) -> int:
-    """One file of the merged filesystem to standard output."""
-    from ..layers import read_file
+    """One file of the merged filesystem to standard output, in bounded chunks."""
+    from ..layers import copy_file
 
     path: str = ctx.args.path
+    started = False
+
+    def write(chunk: bytes) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            ctx.reporter.close()  # bars gone before the file's content reaches the terminal
+        ctx.write(chunk)
+
     with opened(ctx) as (proxy, img):
         try:
-            data = read_file(ProgressProxy(proxy, ctx.reporter), img, path)
+            copy_file(ProgressProxy(proxy, ctx.reporter), img, path, write)
         except IsADirectoryError:
             raise CliError(f"{path}: is a directory in the image") from None
         except FileNotFoundError as e:
@@ -320,8 +404,7 @@ def cmd_cat(ctx: Context) -> int:
             if isinstance(e, ProxyError):
                 raise
             raise CliError(f"{path}: {e.strerror or e}") from None
-    ctx.reporter.close()  # bars gone before the file's content reaches the terminal
-    ctx.write(data)
+    ctx.reporter.close()
     return OK
 
 
@@ -344,18 +427,19 @@ def cmd_ls(ctx: Context) -> int:
         except (FileNotFoundError, NotADirectoryError) as e:
             if isinstance(e, ProxyError):
                 raise
-            raise not_found(f"{path}: no such file or directory in the image") from None
+            where = shell_escape(path)
+            raise not_found(f"{where}: no such file or directory in the image") from None
         except OSError as e:
             if isinstance(e, ProxyError):
                 raise
-            raise CliError(f"{path}: {e.strerror or e}") from None
+            raise CliError(f"{shell_escape(path)}: {e.strerror or e}") from None
     ctx.reporter.close()
     if ctx.args.json:
         ctx.print_json([entry.to_json() for entry in entries])
         return OK
     if not ctx.args.long:
         for entry in entries:
-            ctx.print(entry.name)
+            ctx.print(ctx.shown(entry.name))
         return OK
     owners = [f"{e.uid}/{e.gid}" for e in entries]
     sizes = [
@@ -365,7 +449,9 @@ def cmd_ls(ctx: Context) -> int:
     ow = max((len(o) for o in owners), default=0)
     sw = max((len(s) for s in sizes), default=0)
     for entry, owner, size in zip(entries, owners, sizes):
-        name = entry.name + (f" -> {entry.linkname}" if entry.kind == "symlink" else "")
+        name = ctx.shown(entry.name)
+        if entry.kind == "symlink":
+            name += f" -> {ctx.shown(entry.linkname)}"
         ctx.print(
             f"{stat.filemode(entry.st_mode)} {entry.nlink:>2} {owner:<{ow}} {size:>{sw}}"
             f" {_format_mtime(entry.mtime)} {name}"
@@ -379,7 +465,7 @@ def cmd_unpack(ctx: Context) -> int:
 
     if not ctx.args.rootless and os.geteuid() != 0:
         raise CliError("applying the layers' owners needs root; add --rootless", USAGE)
-    with opened(ctx) as (proxy, img):
+    with opened(ctx) as (proxy, img), destination_directory(ctx.args.dest):
         unpack(ProgressProxy(proxy, ctx.reporter), img, ctx.args.dest, rootless=ctx.args.rootless)
     return OK
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import errno
 from typing import Optional
 
+from .._core.protocol import is_not_found
 from .._errors import (
     ConfigurationError,
+    ImageNotFoundError,
     ProxyError,
     RequestError,
     SkopeoNotFoundError,
 )
-from .._protocol import is_not_found
+from ._quoting import escape_controls, shell_escape
 
 OK = 0
 FAILURE = 1
@@ -25,6 +27,19 @@ NOT_FOUND = 3
 EXISTS_FAILURE = 4
 #: What shells report for a command killed by SIGINT (128 + 2).
 INTERRUPTED = 130
+#: SIGTERM (128 + 15): the tool cleans up as for SIGINT and exits with this.
+TERMINATED = 143
+
+#: Every exit status, as --help lists them (docs/cli.md has the same table; a test checks).
+EXIT_STATUSES: tuple[tuple[int, str], ...] = (
+    (OK, "success"),
+    (FAILURE, "failure (registry, network, verification, skopeo, local files)"),
+    (USAGE, "usage error (bad option, argument, reference or configuration)"),
+    (NOT_FOUND, "not found (the image, a blob of it, a path in its filesystem)"),
+    (EXISTS_FAILURE, "'exists' only: it cannot tell (its 1 means \"does not exist\")"),
+    (INTERRUPTED, "interrupted (SIGINT, Ctrl-C)"),
+    (TERMINATED, "terminated (SIGTERM)"),
+)
 
 
 class CliError(Exception):
@@ -46,6 +61,8 @@ def exit_code(exc: BaseException) -> int:
         return exc.code
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
+    if isinstance(exc, ImageNotFoundError):
+        return NOT_FOUND
     if isinstance(exc, RequestError):
         # skopeo reports a missing image (or tag, or blob) as an error reply; its text is
         # the only thing that tells it from a registry that could not be reached.
@@ -67,8 +84,9 @@ def describe(exc: BaseException) -> str:
         text = _os_error(exc)
     else:
         text = str(exc) or type(exc).__name__
-    # skopeo's messages can span lines (wrapped Go errors); one line is the contract
-    return " ".join(text.split())
+    # skopeo's messages can span lines (wrapped Go errors); one line is the contract. What
+    # is left that a terminal would act on (text from the image or a registry) is escaped.
+    return escape_controls(" ".join(line.strip() for line in text.splitlines() if line.strip()))
 
 
 def _os_error(exc: OSError) -> str:
@@ -76,5 +94,5 @@ def _os_error(exc: OSError) -> str:
     reason = reason or str(exc) or type(exc).__name__
     name: Optional[str] = exc.filename if isinstance(exc.filename, str) else None
     if name is not None:
-        return f"{name}: {reason}"
+        return f"{shell_escape(name)}: {reason}"
     return reason

@@ -16,6 +16,7 @@ import traceback
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from ._catalog import cmd_index, cmd_tags
 from ._commands import (
     Context,
     cmd_blob,
@@ -37,7 +38,8 @@ from ._errors import (
     describe,
     exit_code,
 )
-from ._options import PROG, build_parser, config_from_args, normalize_argv
+from ._globals import config_from_args
+from ._options import PROG, build_parser, normalize_argv
 from ._progress import make_reporter
 from ._pull import cmd_pull
 
@@ -53,6 +55,8 @@ COMMANDS: Dict[str, Command] = {
     "ls": cmd_ls,
     "unpack": cmd_unpack,
     "pull": cmd_pull,
+    "tags": cmd_tags,
+    "index": cmd_index,
     "exists": cmd_exists,
 }
 
@@ -114,7 +118,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = config_from_args(args)
         chatty = not args.quiet and _isatty(sys.stdout) and _isatty(sys.stderr)
         with make_reporter(quiet=args.quiet, debug=args.debug) as reporter:
-            ctx = Context(args=args, config=config, reporter=reporter, out=out, chatty=chatty)
+            ctx = Context(
+                args=args,
+                config=config,
+                reporter=reporter,
+                out=out,
+                chatty=chatty,
+                terminal=_isatty(sys.stdout),
+            )
             code = COMMANDS[args.command](ctx)
         out.flush()
     except BrokenPipeError:
@@ -137,7 +148,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _silence_stdout()
         except OSError:
             pass
-        print(f"{PROG}: {describe(e)}", file=sys.stderr)
+        message = describe(e)
+        if isinstance(e, Interrupted) and e.signum == signal.SIGTERM:
+            message = "terminated"
+        print(f"{PROG}: {message}", file=sys.stderr)
         sys.stderr.flush()
     finally:
         restore()

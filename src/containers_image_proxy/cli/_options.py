@@ -1,5 +1,5 @@
-"""The command line: global options (named as skopeo names them), commands, and the
-mapping of the options onto a :class:`~containers_image_proxy.ProxyConfig`.
+"""The command line: the parser, its commands and their arguments (the global options
+and the ProxyConfig they make are in :mod:`._globals`).
 
 Global options are accepted before or after the command (``containers-image-proxy
 --tls-verify=false inspect IMG`` and ``containers-image-proxy inspect --tls-verify=false
@@ -9,56 +9,14 @@ IMG`` are the same), since skopeo users write them both ways.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import shlex
-import sys
-from typing import IO, Any, Callable, NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
-from .._config import ProxyConfig
-from ._errors import USAGE, CliError
+from ._catalog import add_index_arguments, add_tags_arguments
+from ._errors import EXIT_STATUSES, USAGE
+from ._globals import add_global_options, count_arg, positive_arg
 
 PROG = "containers-image-proxy"
-
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
-
-
-def parse_bool(text: str) -> bool:
-    """``true``/``false`` (and 1/0, yes/no, on/off), as skopeo's boolean flags take."""
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a number >= 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("expected a positive number of seconds")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,107 +31,6 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
-
-
-def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """The global options; on a command's parser ``suppress`` leaves unset ones unset, so
-    they do not overwrite what was given before the command."""
-
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if suppress else value
-
-    g = parser.add_argument_group("global options (before or after the command)")
-    g.add_argument(
-        "--skopeo",
-        metavar="CMD",
-        default=default("skopeo"),
-        help="the skopeo command, split like a shell would (default: skopeo),"
-        " e.g. 'podman unshare skopeo'",
-    )
-    g.add_argument(
-        "--authfile",
-        metavar="PATH",
-        default=default(None),
-        help="credentials file (auth.json); '-' reads it from standard input",
-    )
-    g.add_argument(
-        "--no-creds",
-        action="store_true",
-        default=default(False),
-        help="access the registry anonymously",
-    )
-    g.add_argument(
-        "--cert-dir",
-        metavar="DIR",
-        default=default(None),
-        help="certificates (*.crt, *.cert, *.key) for the registry",
-    )
-    g.add_argument(
-        "--tls-verify",
-        metavar="BOOL",
-        type=parse_bool,
-        default=default(None),
-        help="--tls-verify[=BOOL]: require HTTPS and verify certificates"
-        " (default: as registries.conf says)",
-    )
-    g.add_argument("--policy", metavar="PATH", default=default(None), help="signature policy file")
-    g.add_argument(
-        "--insecure-policy",
-        action="store_true",
-        default=default(False),
-        help="run without any policy check",
-    )
-    g.add_argument(
-        "--registries-conf",
-        metavar="PATH",
-        default=default(None),
-        help="registries.conf to use instead of the system's",
-    )
-    g.add_argument(
-        "--registries.d",
-        dest="registries_d",
-        metavar="DIR",
-        default=default(None),
-        help="directory of registries.d configuration (signature storage)",
-    )
-    g.add_argument("--override-os", metavar="OS", default=default(None), help="choose OS")
-    g.add_argument(
-        "--override-arch", metavar="ARCH", default=default(None), help="choose architecture"
-    )
-    g.add_argument(
-        "--override-variant", metavar="VARIANT", default=default(None), help="choose variant"
-    )
-    g.add_argument(
-        "--retries",
-        metavar="N",
-        type=_count,
-        default=default(0),
-        help="fetch a blob again up to N times after a retryable network error",
-    )
-    g.add_argument(
-        "--stall-timeout",
-        metavar="SECONDS",
-        type=_seconds,
-        default=default(None),
-        help="give up when a transfer makes no progress for this long",
-    )
-    g.add_argument(
-        "--debug",
-        action="store_true",
-        default=default(False),
-        help="log skopeo's and our debug output to stderr; tracebacks on errors",
-    )
-    g.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        default=default(False),
-        help="no progress bars and no messages: only the requested output",
-    )
-
-
-# Each command: (name, summary, description, example lines, arguments adder).
-_Adder = Callable[[argparse.ArgumentParser], None]
 
 
 def _image(p: argparse.ArgumentParser) -> None:
@@ -203,6 +60,14 @@ def _add_blob(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write to FILE (replaced only once the blob is complete and verified)"
         " instead of standard output",
+    )
+    p.add_argument(
+        "--size",
+        metavar="BYTES",
+        type=count_arg,
+        help="the blob's size, for a blob the OCI manifest does not name (the stored"
+        " config of a converted image) with a skopeo before 1.19, which needs it;"
+        " for a blob it names, it must agree",
     )
 
 
@@ -240,10 +105,21 @@ def _add_pull(p: argparse.ArgumentParser) -> None:
         "-j",
         "--jobs",
         metavar="N",
-        type=_positive,
+        type=positive_arg,
         default=4,
         help="blobs fetched at once (default: 4)",
     )
+    p.add_argument(
+        "--platform",
+        metavar="all|OS/ARCH[/VARIANT][,...]",
+        help="instances of a multi-platform image to pull: 'all' keeps the index as"
+        " stored, a list gets an index of its own (default: the one the proxy selects,"
+        " see --override-arch); needs a docker:// IMAGE",
+    )
+
+
+# Each command: (name, summary, description, example lines, arguments adder).
+_Adder = Callable[[argparse.ArgumentParser], None]
 
 
 COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
@@ -266,10 +142,17 @@ COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
     ),
     (
         "config",
-        "the image config, byte for byte as the proxy returns it",
-        "Print IMAGE's configuration (OCI form) exactly as skopeo's proxy returns it;\n"
-        "for an artifact whose config is not an image config, the config blob itself.",
-        ("config oci:/srv/oci:app | jq .config.Env",),
+        "the image config, byte for byte as the proxy returns it (OCI form)",
+        "Print IMAGE's configuration (OCI form) exactly as skopeo's proxy returns it\n"
+        "(GetFullConfig); for an artifact whose config is not an image config, the config\n"
+        "blob itself. For an image skopeo converts (Docker schema 2 to OCI) this is the\n"
+        "converted config, whose bytes and digest differ from the stored blob; the stored\n"
+        "bytes are 'blob IMAGE CONFIG_DIGEST', with the digest the stored manifest names\n"
+        "(skopeo inspect --raw IMAGE | jq -r .config.digest).",
+        (
+            "config oci:/srv/oci:app | jq .config.Env",
+            "blob docker-archive:app.tar sha256:1a2b...  # the stored config",
+        ),
         _image,
     ),
     (
@@ -284,7 +167,10 @@ COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
         "one blob, verified, to a file or standard output",
         "Fetch one blob of IMAGE (a layer or the config) and check its size and digest.\n"
         "With -o the file appears only once the whole blob arrived and matched; on\n"
-        "standard output a mismatch is reported at the end (exit status 1).",
+        "standard output a mismatch is reported at the end (exit status 1). For an image\n"
+        "skopeo converts (Docker schema 2 to OCI), DIGEST may be the stored config's\n"
+        "(the stored bytes) or the converted one the OCI manifest names (the bytes\n"
+        "'config' prints).",
         ("blob oci:/srv/oci:app sha256:1a2b... -o layer.tar.gz",),
         _add_blob,
     ),
@@ -324,6 +210,25 @@ COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
         _add_pull,
     ),
     (
+        "tags",
+        "the tags of a repository, one per line",
+        "List the tags of REPOSITORY: a registry repository (docker://REGISTRY/REPO, no\n"
+        "tag), the references in a docker-archive: file, or the tags of an oci: layout.\n"
+        "Exit status 3 if the repository, archive or layout does not exist.",
+        ("tags docker://quay.io/libpod/busybox", "tags --json oci:/srv/oci"),
+        add_tags_arguments,
+    ),
+    (
+        "index",
+        "the platforms of a multi-platform image (its index as stored)",
+        "Print the manifest list or OCI index of IMAGE: its digest and one row per\n"
+        "instance (platform, digest, size, media type); with --json the index itself.\n"
+        "Each instance opens by digest (docker://REPO@DIGEST). Exit status 1 for an image\n"
+        "with a single manifest, 3 if IMAGE does not exist.",
+        ("index docker://quay.io/libpod/busybox:latest", "index --json oci:/srv/oci:app"),
+        add_index_arguments,
+    ),
+    (
         "exists",
         "exit status 0 if the image exists, 1 if not",
         "Exit with status 0 if IMAGE exists, 1 if it does not, and 4 (or 2 for a usage\n"
@@ -333,12 +238,7 @@ COMMANDS: tuple[tuple[str, str, str, Sequence[str], _Adder], ...] = (
     ),
 )
 
-_EXIT_STATUS = """\
-exit status:
-  0  success            2  usage error (bad option, argument or configuration)
-  1  failure            3  not found (the image, a blob, a path in the image)
-  130  interrupted (Ctrl-C)
-  'exists' exits 1 when the image does not exist and 4 when it cannot tell."""
+_EXIT_STATUS = "exit status:\n" + "\n".join(f"  {code:<5}{text}" for code, text in EXIT_STATUSES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _global_options(parser, suppress=False)
+    add_global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, summary, description, examples, adder in COMMANDS:
@@ -373,8 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_Formatter,
         )
         adder(p)
-        _global_options(p, suppress=True)
+        p.usage = _own_usage(p)
+        add_global_options(p, suppress=True)
     return parser
+
+
+def _own_usage(p: argparse.ArgumentParser) -> str:
+    """The usage line of a command from its own arguments, the global options summed up
+    (listed last in its help): the command's options are not lost among the global ones."""
+    formatter = p.formatter_class(prog=p.prog)
+    formatter.add_usage(None, p._actions, [], prefix="")
+    return formatter.format_help().strip() + " [GLOBAL OPTIONS]"
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
@@ -387,63 +296,6 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
             return out + list(argv[i:])
         out.append("--tls-verify=true" if arg == "--tls-verify" else arg)
     return out
-
-
-# --- configuration -----------------------------------------------------------------------
-
-
-def _read_auth(stdin: IO[bytes]) -> bytes:
-    data = stdin.read()
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise CliError(
-            "--authfile -: standard input is not an auth.json (not JSON)", USAGE
-        ) from None
-    if not isinstance(obj, dict):
-        raise CliError("--authfile -: standard input is not an auth.json (not an object)", USAGE)
-    return bytes(data)
-
-
-def config_from_args(args: argparse.Namespace, stdin: Optional[IO[bytes]] = None) -> ProxyConfig:
-    """The ProxyConfig the options ask for; ``--authfile -`` reads ``stdin``.
-
-    Credentials from standard input go to skopeo as ``auth_data``, which the library
-    hands over through an anonymous file: they never touch a named file.
-    """
-    try:
-        skopeo = tuple(shlex.split(args.skopeo))
-    except ValueError as e:
-        raise CliError(f"--skopeo: {e}", USAGE) from None
-    if not skopeo:
-        raise CliError("--skopeo: empty command", USAGE)
-    if args.authfile is not None and args.no_creds:
-        raise CliError("--authfile and --no-creds exclude each other", USAGE)
-    if args.policy is not None and args.insecure_policy:
-        raise CliError("--policy and --insecure-policy exclude each other", USAGE)
-    authfile: Optional[str] = args.authfile
-    auth_data: Optional[bytes] = None
-    if authfile == "-":
-        auth_data = _read_auth(stdin if stdin is not None else sys.stdin.buffer)
-        authfile = None
-    return ProxyConfig(
-        skopeo=skopeo,
-        authfile=authfile,
-        auth_data=auth_data,
-        auth_anonymous=args.no_creds,
-        cert_dir=args.cert_dir,
-        tls_verify=args.tls_verify,
-        policy=args.policy,
-        insecure_policy=args.insecure_policy,
-        registries_conf=args.registries_conf,
-        registries_d=args.registries_d,
-        override_os=args.override_os,
-        override_arch=args.override_arch,
-        override_variant=args.override_variant,
-        retries=args.retries,
-        stall_timeout=args.stall_timeout,
-        debug=args.debug,
-    )
 
 
 # An OCI layout tag ("ref name"): what can follow the last colon of LAYOUT_DIR:TAG.

@@ -13,7 +13,8 @@ anywhere (an OCI layout on disk, a registry client) can go through it.
 from __future__ import annotations
 
 import os
-from typing import Any, Union
+from collections.abc import Iterable
+from typing import Any, Callable, Optional, Union
 
 from ._compression import DecompressingReader
 from ._errors import LayerDigestError, LayerFormatError, UnsafeLayerError
@@ -25,7 +26,7 @@ from ._listing import (
     list_dir_from_layers,
     merge_layers,
 )
-from ._readfile import read_file_from_layers
+from ._reading import copy_file_from_layers, read_file_from_layers, read_files_from_layers
 from ._source import (
     AsyncProxy,
     Bridge,
@@ -59,14 +60,58 @@ def unpack(proxy: SyncProxy, image: Any, dest: PathLike, *, rootless: bool = Fal
     unpack_layers(sync_sources(proxy, image), dest, rootless=rootless)
 
 
-def read_file(proxy: SyncProxy, image: Any, path: str) -> bytes:
+def read_file(proxy: SyncProxy, image: Any, path: str, *, max_size: Optional[int] = None) -> bytes:
     """Read ``path`` from ``image``'s merged filesystem without unpacking it.
 
     Layers are read from the top down, stopping at the first that settles the answer;
     symlinks are followed inside the image's root. Raises FileNotFoundError when the
-    merged filesystem has no such file, IsADirectoryError for a directory.
+    merged filesystem has no such file, IsADirectoryError for a directory, and ProxyError
+    naming the size when the file is larger than ``max_size`` bytes (checked from its
+    header, before any of its content is kept).
     """
-    return read_file_from_layers(sync_sources(proxy, image), path)
+    return read_file_from_layers(sync_sources(proxy, image), path, max_size=max_size)
+
+
+def copy_file(
+    proxy: SyncProxy,
+    image: Any,
+    path: str,
+    write: Callable[[bytes], Any],
+    *,
+    max_size: Optional[int] = None,
+) -> int:
+    """Hand ``path`` of ``image``'s merged filesystem to ``write`` in bounded chunks.
+
+    :func:`read_file` without holding the file in memory: what it returns in one piece
+    goes to ``write`` in chunks, only once every layer it depends on is verified (a
+    large file waits in a temporary file meanwhile, sparse holes kept). Returns the
+    number of bytes written. Example::
+
+        copy_file(proxy, img, "/usr/lib/os-release", sys.stdout.buffer.write)
+
+    Raises as :func:`read_file`.
+    """
+    return copy_file_from_layers(sync_sources(proxy, image), path, write, max_size=max_size)
+
+
+def read_files(
+    proxy: SyncProxy, image: Any, paths: Iterable[str], *, max_size: Optional[int] = None
+) -> dict[str, bytes]:
+    """Read several files of ``image``'s merged filesystem in one pass.
+
+    Returns ``{path: content}`` for the paths that name a regular file; the others
+    (missing, a directory, a device) are left out. Each layer is fetched and read at most
+    once for all the paths together, from the top down, stopping as soon as every path is
+    settled: a scanner reading ``/etc/os-release`` and the dpkg status file pays for one
+    pass, not two. Example::
+
+        files = read_files(proxy, img, ["/etc/os-release", "/var/lib/dpkg/status"])
+
+    Raises ProxyError naming the size when a file is larger than ``max_size`` bytes, and
+    the layer errors of :func:`read_file` (LayerDigestError, LayerFormatError,
+    UnsafeLayerError).
+    """
+    return read_files_from_layers(sync_sources(proxy, image), paths, max_size=max_size)
 
 
 async def unpack_async(
@@ -85,13 +130,31 @@ async def unpack_async(
     await run_in_worker(bridge, lambda: unpack_layers(sources, dest, rootless=rootless))
 
 
-async def read_file_async(proxy: AsyncProxy, image: Any, path: str) -> bytes:
+async def read_file_async(
+    proxy: AsyncProxy, image: Any, path: str, *, max_size: Optional[int] = None
+) -> bytes:
     """The async twin of :func:`read_file`, for an AsyncImageProxy."""
     import asyncio
 
     bridge = Bridge(asyncio.get_running_loop())
     sources = await async_sources(proxy, image, bridge)
-    return await run_in_worker(bridge, lambda: read_file_from_layers(sources, path))
+    return await run_in_worker(
+        bridge, lambda: read_file_from_layers(sources, path, max_size=max_size)
+    )
+
+
+async def read_files_async(
+    proxy: AsyncProxy, image: Any, paths: Iterable[str], *, max_size: Optional[int] = None
+) -> dict[str, bytes]:
+    """The async twin of :func:`read_files`, for an AsyncImageProxy."""
+    import asyncio
+
+    wanted = list(paths)
+    bridge = Bridge(asyncio.get_running_loop())
+    sources = await async_sources(proxy, image, bridge)
+    return await run_in_worker(
+        bridge, lambda: read_files_from_layers(sources, wanted, max_size=max_size)
+    )
 
 
 __all__ = [
@@ -104,6 +167,8 @@ __all__ = [
     "LayerStream",
     "MergedTree",
     "UnsafeLayerError",
+    "copy_file",
+    "copy_file_from_layers",
     "iter_layer",
     "list_dir",
     "list_dir_async",
@@ -112,6 +177,9 @@ __all__ = [
     "read_file",
     "read_file_async",
     "read_file_from_layers",
+    "read_files",
+    "read_files_async",
+    "read_files_from_layers",
     "unpack",
     "unpack_async",
     "unpack_layers",

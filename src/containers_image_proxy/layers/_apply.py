@@ -8,69 +8,25 @@ hide what lower layers put there, never what the same layer adds (OCI image spec
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import logging
 import os
 import stat
 import tarfile
-import urllib.parse
-from decimal import Decimal, InvalidOperation
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
-from ._compression import Readable
+from ._content import data_fragments, write_fragments
 from ._errors import UnsafeLayerError
-from ._paths import Path, Root, clean_name, lstat_at, remove_at
+from ._meta import CAPABILITY_XATTR, check_entry, entry_times, entry_xattrs
+from ._paths import DirChain, Path, Root, check_link_target, clean_name, lstat_at, remove_at
 
 log = logging.getLogger("containers_image_proxy.layers")
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-_CHUNK = 1024 * 1024
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _pax_ns(value: Optional[str]) -> Optional[int]:
-    if value is None:
-        return None
-    try:
-        return int(Decimal(value) * 1_000_000_000)
-    except (InvalidOperation, ValueError):
-        return None
-
-
-def entry_times(info: tarfile.TarInfo) -> tuple[int, int]:
-    """(atime, mtime) in nanoseconds, with PAX precision when the header has it."""
-    mtime = _pax_ns(info.pax_headers.get("mtime"))
-    if mtime is None:
-        mtime = int(Decimal(str(info.mtime)) * 1_000_000_000)
-    atime = _pax_ns(info.pax_headers.get("atime"))
-    return (mtime if atime is None else atime), mtime
-
-
-def entry_xattrs(info: tarfile.TarInfo) -> dict[str, bytes]:
-    """Extended attributes carried in PAX headers (SCHILY.xattr.*, LIBARCHIVE.xattr.*)."""
-    out: dict[str, bytes] = {}
-    for key, value in info.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
-            # tarfile decoded the value as UTF-8 with surrogateescape: this gives the bytes back.
-            out[key[len("SCHILY.xattr.") :]] = value.encode("utf-8", "surrogateescape")
-        elif key.startswith("LIBARCHIVE.xattr."):
-            name = urllib.parse.unquote(key[len("LIBARCHIVE.xattr.") :])
-            try:
-                out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
-            except (binascii.Error, ValueError):
-                log.debug("%s: undecodable xattr %s", info.name, name)
-    return out
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+_SETID = stat.S_ISUID | stat.S_ISGID
 
 
 class TreeWriter:
@@ -80,13 +36,18 @@ class TreeWriter:
     children written later would change a directory's mtime, and a read-only directory
     must stay writable (to its owner) while layers still go in. ``rootless`` keeps the
     tree but not the ownership (everything belongs to the caller); devices are then not
-    created. Without ``rootless`` ownership is applied, which needs root.
+    created, and, as Python's tarfile ``data`` filter does, setuid and setgid bits of
+    non-directories and file capabilities (``security.capability``) are dropped: they
+    were meant for the layer's owner, not the caller. Without ``rootless`` ownership is
+    applied, which needs root. Metadata is checked as :mod:`._meta` says.
     """
 
     def __init__(self, root: Root, *, rootless: bool = False) -> None:
         self._root = root
         self._rootless = rootless
         self._dirs: dict[Path, tuple[int, int, int]] = {}
+        # The recorded directories as a tree: path -> names of children leading to records.
+        self._dir_kids: dict[Path, set[str]] = {}
         self._upper: set[Path] = set()
         self._upper_parents: set[Path] = set()
         self.layer = ""
@@ -100,10 +61,11 @@ class TreeWriter:
         self._upper.clear()
         self._upper_parents.clear()
 
-    def apply(self, info: tarfile.TarInfo, data: Optional[Readable] = None) -> None:
-        """Apply one entry; ``data`` is a regular file's content."""
+    def apply(self, info: tarfile.TarInfo, data: Any = None) -> None:
+        """Apply one entry; ``data`` is a regular file's content (see ``data_fragments``)."""
         name = info.name
         try:
+            check_entry(info)
             path = clean_name(name)
             if path and path[-1].startswith(WHITEOUT_PREFIX):
                 self._whiteout(path, name)
@@ -134,24 +96,50 @@ class TreeWriter:
             os.fchmod(self._root.fd, mode)
 
     def finish(self) -> None:
-        """Apply directory modes and times (deepest first), after the last layer."""
-        for path in sorted(self._dirs, key=len, reverse=True):
-            mode, atime, mtime = self._dirs[path]
-            fd = self._root.open_real_dir(path)
-            if fd is None:
-                continue
+        """Apply directory modes and times (children first), after the last layer.
+
+        The records are visited in reverse path order (every directory after all those
+        under it), walking between them with one bounded chain of descriptors.
+        """
+        chain = DirChain(self._root.fd)
+        try:
+            for path in sorted(self._dirs, reverse=True):
+                if not self._goto(chain, path):
+                    continue
+                mode, atime, mtime = self._dirs[path]
+                chain.hold_parent()  # before the mode may lock us out of this directory
+                os.fchmod(chain.fd, mode)
+                os.utime(chain.fd, ns=(atime, mtime))
+        finally:
+            chain.close()
+
+    @staticmethod
+    def _goto(chain: DirChain, path: Path) -> bool:
+        """Move ``chain`` to the real directory ``path``; False when it is not there."""
+        common = 0
+        names = chain.names
+        while common < min(len(names), len(path)) and names[common] == path[common]:
+            common += 1
+        while chain.depth > common:
+            chain.up()
+        for part in path[common:]:
             try:
-                os.fchmod(fd, mode)
-                os.utime(fd, ns=(atime, mtime))
-            finally:
-                os.close(fd)
+                chain.down(part)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    return False
+                raise
+        return True
 
     # --- bookkeeping ----------------------------------------------------------------------
 
     def _add_upper(self, path: Path) -> None:
         self._upper.add(path)
-        for i in range(len(path)):
-            self._upper_parents.add(path[:i])
+        for i in range(len(path) - 1, -1, -1):
+            prefix = path[:i]
+            if prefix in self._upper_parents:
+                break  # and so are all of its own prefixes
+            self._upper_parents.add(prefix)
 
     def _implicit_dir(self, fd: int, path: Path) -> None:
         self._add_upper(path)
@@ -166,19 +154,48 @@ class TreeWriter:
 
         return keep
 
-    def _forget_removed(self, base: Path) -> None:
-        """Drop directory records under ``base`` whose directory is gone."""
-        n = len(base)
-        for path in [p for p in self._dirs if p[:n] == base]:
-            fd = self._root.open_real_dir(path)
-            if fd is None:
-                del self._dirs[path]
-            else:
-                os.close(fd)
+    def _record_dir(self, path: Path, meta: tuple[int, int, int]) -> None:
+        if path not in self._dirs:
+            for i in range(len(path) - 1, -1, -1):
+                kids = self._dir_kids.setdefault(path[:i], set())
+                if path[i] in kids:
+                    break
+                kids.add(path[i])
+        self._dirs[path] = meta
+
+    def _forget_removed(self, base: Path, keep: bool) -> None:
+        """Drop the records of directories that removing ``base`` took away.
+
+        What :func:`remove_at` spares with the keeper of :meth:`_keeper` is what this
+        spares: an entry goes unless it and every directory between it and ``base`` were
+        written by the current layer (or lead to what it wrote).
+        """
+        spared = keep and bool(self._upper)
+        todo = [base]
+        while todo:
+            path = todo.pop()
+            if spared and (path in self._upper or path in self._upper_parents):
+                todo.extend((*path, kid) for kid in self._dir_kids.get(path, ()))
+                continue
+            self._drop_records(path)
+
+    def _drop_records(self, top: Path) -> None:
+        """Forget ``top`` and every record under it."""
+        if top in self._dir_kids or top in self._dirs:
+            parent_kids = self._dir_kids.get(top[:-1])
+            if top and parent_kids is not None:
+                parent_kids.discard(top[-1])
+        todo = [top]
+        while todo:
+            path = todo.pop()
+            self._dirs.pop(path, None)
+            kids = self._dir_kids.pop(path, None)
+            if kids:
+                todo.extend((*path, kid) for kid in kids)
 
     def _remove(self, dir_fd: int, name: str, path: Path, keep: bool) -> None:
         remove_at(dir_fd, name, self._keeper(path) if keep else None)
-        self._forget_removed(path)
+        self._forget_removed(path, keep)
 
     # --- whiteouts -----------------------------------------------------------------------
 
@@ -234,7 +251,7 @@ class TreeWriter:
         parent: Path,
         base: str,
         info: tarfile.TarInfo,
-        data: Optional[Readable],
+        data: Any,
     ) -> None:
         path = (*parent, base)
         st = lstat_at(pfd, base)
@@ -276,8 +293,7 @@ class TreeWriter:
             finally:
                 os.close(fd)
         elif info.issym():
-            if not info.linkname or "\0" in info.linkname:
-                raise UnsafeLayerError(info.name, "symlink with no valid target")
+            check_link_target(info.linkname, info.name)
             os.symlink(info.linkname, base, dir_fd=pfd)
             self._meta_at(pfd, base, info, symlink=True)
         elif info.isfifo():
@@ -288,20 +304,14 @@ class TreeWriter:
         else:
             raise UnsafeLayerError(info.name, f"unsupported tar entry type {info.type!r}")
 
-    def _regular(
-        self, pfd: int, base: str, info: tarfile.TarInfo, data: Optional[Readable]
-    ) -> None:
+    def _regular(self, pfd: int, base: str, info: tarfile.TarInfo, data: Any) -> None:
         fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=pfd)
         try:
-            if data is not None:
-                while True:
-                    chunk = data.read(_CHUNK)
-                    if not chunk:
-                        break
-                    _write_all(fd, chunk)
+            frags = data_fragments(info, data, self.layer) if data is not None else ()
+            write_fragments(fd, info, frags)
             self._owner_fd(fd, info)
             self._xattrs(fd, info)
-            os.fchmod(fd, info.mode & 0o7777)
+            os.fchmod(fd, self._file_mode(info))
             os.utime(fd, ns=entry_times(info))
         finally:
             os.close(fd)
@@ -322,12 +332,23 @@ class TreeWriter:
 
     # --- metadata ------------------------------------------------------------------------
 
+    def _file_mode(self, info: tarfile.TarInfo) -> int:
+        """A non-directory's permission bits: no setuid/setgid where ownership is not kept."""
+        mode = info.mode & 0o7777
+        if self._rootless and mode & _SETID:
+            log.debug("%s: setuid/setgid dropped (rootless)", info.name)
+            mode &= ~_SETID
+        return mode
+
     def _owner_fd(self, fd: int, info: tarfile.TarInfo) -> None:
         if not self._rootless:
             os.fchown(fd, info.uid, info.gid)
 
     def _xattrs(self, target: Union[int, str], info: tarfile.TarInfo) -> None:
         for key, value in entry_xattrs(info).items():
+            if self._rootless and key == CAPABILITY_XATTR:
+                log.debug("%s: file capabilities dropped (rootless)", info.name)
+                continue
             try:
                 if isinstance(target, int):
                     os.setxattr(target, key, value)
@@ -343,7 +364,7 @@ class TreeWriter:
         mode = info.mode & 0o7777
         os.fchmod(fd, mode | 0o700)  # stays writable until finish() sets the real mode
         atime, mtime = entry_times(info)
-        self._dirs[path] = (mode, atime, mtime)
+        self._record_dir(path, (mode, atime, mtime))
 
     def _meta_at(self, pfd: int, base: str, info: tarfile.TarInfo, *, symlink: bool) -> None:
         if not self._rootless:
@@ -353,7 +374,7 @@ class TreeWriter:
             self._xattrs(f"/proc/self/fd/{pfd}/{base}", info)
         if not symlink:
             # Linux has no lchmod; the entry was just made by us and is not a symlink.
-            os.chmod(base, info.mode & 0o7777, dir_fd=pfd)
+            os.chmod(base, self._file_mode(info), dir_fd=pfd)
         os.utime(base, ns=entry_times(info), dir_fd=pfd, follow_symlinks=False)
 
 

@@ -13,6 +13,7 @@ Memory is one small object per entry of the merged tree; nothing is written to d
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import stat
 import tarfile
@@ -23,8 +24,10 @@ from typing import Any, Optional
 
 from .._errors import ConfigurationError
 from ._apply import OPAQUE_MARKER, WHITEOUT_PREFIX
+from ._content import sparse_map
 from ._errors import UnsafeLayerError
-from ._paths import MAX_SYMLINKS, Path, clean_name, join
+from ._meta import check_entry
+from ._paths import MAX_SYMLINKS, Path, check_depth, check_link_target, clean_name, join
 from ._source import (
     AsyncProxy,
     Bridge,
@@ -81,23 +84,12 @@ class DirEntry:
         return _TYPE_BITS[self.kind] | self.mode
 
     def to_json(self) -> dict[str, Any]:
-        """The entry as JSON data (what ``ls --json`` prints)."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "path": self.path,
-            "type": self.kind,
-            "mode": f"{self.mode:04o}",
-            "uid": self.uid,
-            "gid": self.gid,
-            "size": self.size,
-            "mtime": self.mtime,
-            "nlink": self.nlink,
-            "layer": self.layer,
-        }
-        if self.kind == SYMLINK:
-            out["linkname"] = self.linkname
-        if self.kind in (CHAR, BLOCK):
-            out["device"] = list(self.device)
+        """The entry as JSON data (what ``ls --json`` prints): one member per field, same
+        names and values (``mode`` the permission bits as an integer, ``device`` a list)."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            out[field.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 
@@ -118,19 +110,21 @@ class _Node:
         "uid",
     )
 
-    def __init__(self, kind: str, info: Optional[tarfile.TarInfo], layer: str) -> None:
+    def __init__(
+        self, kind: str, info: Optional[tarfile.TarInfo], layer: str, mtime_ns: int = 0
+    ) -> None:
         self.kind = kind
         self.children: Optional[dict[str, _Node]] = {} if kind == DIR else None
         self.nlink = 0
         self.mode, self.uid, self.gid, self.mtime = 0o755, 0, 0, 0.0
         self.size, self.linkname, self.device, self.layer = 0, "", (0, 0), layer
         if info is not None:
-            self.set_meta(info, layer)
+            self.set_meta(info, layer, mtime_ns)
 
-    def set_meta(self, info: tarfile.TarInfo, layer: str) -> None:
+    def set_meta(self, info: tarfile.TarInfo, layer: str, mtime_ns: int) -> None:
         self.mode = info.mode & 0o7777
         self.uid, self.gid = info.uid, info.gid
-        self.mtime = float(info.mtime)
+        self.mtime = mtime_ns / 1e9  # checked and clamped as unpack applies it
         self.layer = layer
         if self.kind == FILE:
             self.size = info.size
@@ -179,25 +173,31 @@ class MergedTree:
         """Apply one tar entry of the current layer."""
         name = info.name
         try:
+            _, mtime = check_entry(info)
+            if info.isreg():
+                sparse_map(info, self.layer)
             path = clean_name(name)
             if path and path[-1].startswith(WHITEOUT_PREFIX):
                 self._whiteout(path, name)
             elif not path:
                 if not info.isdir():
                     raise UnsafeLayerError(name, "a non-directory cannot replace the root")
-                self.root.set_meta(info, self.layer)
+                self.root.set_meta(info, self.layer, mtime)
             else:
                 found = self._walk(path[:-1], entry=name, create=True, follow_final=True)
                 assert found is not None
                 parent, parent_path = found
-                self._create(parent, parent_path, path[-1], info)
+                self._create(parent, parent_path, path[-1], info, mtime)
         except UnsafeLayerError as e:
             raise e.with_layer(self.layer) from e.__cause__
 
     def _add_upper(self, path: Path) -> None:
         self._upper.add(path)
-        for i in range(len(path)):
-            self._upper_parents.add(path[:i])
+        for i in range(len(path) - 1, -1, -1):
+            prefix = path[:i]
+            if prefix in self._upper_parents:
+                break  # and so are all of its own prefixes
+            self._upper_parents.add(prefix)
 
     def _walk(
         self, path: Sequence[str], *, entry: str, create: bool, follow_final: bool
@@ -244,6 +244,7 @@ class MergedTree:
             if node is None:
                 if not create:
                     return None
+                check_depth((*real, part), entry)  # as unpack refuses to create it
                 node = _Node(DIR, None, self.layer)
                 node.nlink = 1
                 cur.children[part] = node
@@ -257,18 +258,19 @@ class MergedTree:
 
     def _remove(self, parent: _Node, name: str, path: Path, keep: bool) -> None:
         """Remove ``name`` and what is under it; with ``keep``, spare the current layer's."""
-        assert parent.children is not None
-        node = parent.children.get(name)
-        if node is None:
-            return
-        kept = keep and (path in self._upper or path in self._upper_parents)
-        if kept:
-            if node.children is not None:
-                for child in list(node.children):
-                    self._remove(node, child, (*path, child), keep=True)
-            return
-        del parent.children[name]
-        node.nlink -= 1
+        todo = [(parent, name, path)]
+        while todo:  # no recursion: a layer's tree can be as deep as PATH_MAX allows
+            parent, name, path = todo.pop()
+            assert parent.children is not None
+            node = parent.children.get(name)
+            if node is None:
+                continue
+            if keep and (path in self._upper or path in self._upper_parents):
+                if node.children is not None:
+                    todo.extend((node, child, (*path, child)) for child in node.children)
+                continue
+            del parent.children[name]
+            node.nlink -= 1
 
     def _whiteout(self, path: Path, name: str) -> None:
         base = path[-1]
@@ -309,7 +311,9 @@ class MergedTree:
             raise UnsafeLayerError(name, f"hardlink target {info.linkname!r} {what}")
         return found[0], target[-1], (*found[1], target[-1])
 
-    def _create(self, parent: _Node, parent_path: Path, base: str, info: tarfile.TarInfo) -> None:
+    def _create(
+        self, parent: _Node, parent_path: Path, base: str, info: tarfile.TarInfo, mtime: int
+    ) -> None:
         assert parent.children is not None
         path = (*parent_path, base)
         existing = parent.children.get(base)
@@ -332,16 +336,16 @@ class MergedTree:
             return
         if existing is not None:
             if info.isdir() and existing.kind == DIR:
-                existing.set_meta(info, self.layer)  # a directory over a directory merges
+                existing.set_meta(info, self.layer, mtime)  # a directory over a directory merges
                 self._add_upper(path)
                 return
             self._remove(parent, base, path, keep=False)
         kind = _kind(info)
         if kind is None:
             raise UnsafeLayerError(info.name, f"unsupported tar entry type {info.type!r}")
-        if kind == SYMLINK and (not info.linkname or "\0" in info.linkname):
-            raise UnsafeLayerError(info.name, "symlink with no valid target")
-        node = _Node(kind, info, self.layer)
+        if kind == SYMLINK:
+            check_link_target(info.linkname, info.name)
+        node = _Node(kind, info, self.layer, mtime)
         node.nlink = 1
         parent.children[base] = node
         self._add_upper(path)

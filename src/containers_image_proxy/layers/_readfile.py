@@ -22,147 +22,58 @@ from __future__ import annotations
 import errno
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
-from .._errors import ConfigurationError
-from ._apply import OPAQUE_MARKER, WHITEOUT_PREFIX
+from .._errors import ConfigurationError, ProxyError
+from ._content import KeptContent
 from ._errors import UnsafeLayerError
 from ._paths import MAX_SYMLINKS, Path, clean_name, join
-from ._source import LayerSource, close_blob
-from ._tarstream import LayerStream
+from ._readindex import (
+    BOTTOM,
+    DIR,
+    ENTRY,
+    FILE,
+    HIDDEN,
+    IMPLICIT,
+    LINK,
+    NO_SEQ,
+    ROOT,
+    SYMLINK,
+    Alias,
+    AncNode,
+    Ctx,
+    Found,
+    Index,
+    Marker,
+    Node,
+    Restart,
+    Through,
+    scan_layer,
+)
+from ._source import LayerSource
 
-FILE, DIR, SYMLINK, LINK, OTHER = "file", "dir", "symlink", "link", "other"
 _MAX_NAMES = 64  # alternative names of one path through symlinks, at most
-_NO_SEQ = 1 << 62
 _MAX_DEPTH = 32  # nested resolutions (hardlink targets, write-through checks), at most
 
 
-@dataclass(frozen=True)
-class _Node:
-    kind: str
-    layer: int  # index in the image's layer list, bottom first
-    seq: int  # entry number inside the layer
-    linkname: str = ""
-
-
-_ROOT = _Node(DIR, -1, -1)
-
-
-@dataclass
-class _Index:
-    entries: dict[Path, _Node] = field(default_factory=dict)
-    whiteouts: dict[Path, int] = field(default_factory=dict)  # path -> entry number
-    opaque: dict[Path, int] = field(default_factory=dict)
-    parents: dict[Path, int] = field(default_factory=dict)  # implied dir -> first entry
-    data: dict[int, bytes] = field(default_factory=dict)
-    by_base: dict[str, list[Path]] = field(default_factory=dict)
-    implicit: set[Path] = field(default_factory=set)
-    landings: dict[Path, Optional[Path]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Alias:
-    """Names under ``raw`` in layers above a symlink land under ``canon``."""
-
-    raw: Path
-    canon: Path
-    layer: int
-    seq: int
-
-
-ENTRY, IMPLICIT, HIDDEN, BOTTOM = "entry", "implicit", "hidden", "bottom"
-
-
-@dataclass(frozen=True)
-class _Found:
-    """How a layer settles a path: an entry, an implied directory, hidden, or nothing."""
-
-    how: str
-    layer: int
-    node: Optional[_Node] = None
-    hides_below: bool = False  # the same layer also hides what lower layers had there
-
-
-class _Restart(Exception):
-    """A directory turned out to be a lower symlink written through: walk again."""
-
-    def __init__(self, path: Path, node: _Node) -> None:
-        super().__init__(path)
-        self.path = path
-        self.node = node
-
-
-class _Ctx:
-    """One walk's state: where it looks from, symlinks crossed, directories passed."""
-
-    def __init__(self, top: int, max_seq: Optional[int], true: dict[Path, _Node]) -> None:
-        self.top = top
-        self.max_seq = max_seq
-        self.true = true
-        self.aliases: list[_Alias] = []
-        self.anc: dict[Path, _Found] = {}
-        self.floors: dict[Path, int] = {}
-
-
-@dataclass(frozen=True)
-class _Marker:
-    """Queued after a symlink's target: once reached, the target's real path is known."""
-
-    raw: Path
-    layer: int
-    seq: int
-
-
-def _kind(info_type: bytes, isreg: bool) -> str:
-    if isreg:
-        return FILE
-    return {b"5": DIR, b"2": SYMLINK, b"1": LINK}.get(info_type, OTHER)
-
-
-def _plain_target(target: str) -> bool:
-    """Whether a symlink target can be applied lexically: ``..`` only at its start.
-
-    A ``..`` after a name of the target depends on what that name really is (a file
-    makes it an error); such names are left to the lookups, which walk them physically.
-    """
-    seen_name = False
-    for part in target.split("/"):
-        if part == "..":
-            if seen_name:
-                return False
-        elif part not in ("", "."):
-            seen_name = True
-    return True
-
-
-def _through(path: Path, links: dict[Path, str]) -> Path:
-    """Where ``path`` lands when written through symlinks made earlier in the same layer."""
-    for _ in range(MAX_SYMLINKS):
-        for i in range(1, len(path)):
-            target = links.get(path[:i])
-            if target and _plain_target(target):
-                base = "" if target.startswith("/") else "/".join(path[: i - 1])
-                path = clean_name(f"{base}/{target}") + path[i:]
-                break
-        else:
-            return path
-    raise UnsafeLayerError("/".join(path), "too many levels of symbolic links")
-
-
 class MergedReader:
-    """Resolves paths in the merged filesystem of ``sources`` (bottom layer first)."""
+    """Resolves paths in the merged filesystem of ``sources`` (bottom layer first).
 
-    def __init__(self, sources: Sequence[LayerSource]) -> None:
+    With ``max_size``, the content of a file larger than that is never read: asking for
+    it raises ProxyError naming its size. :meth:`close` lets go of temporary files.
+    """
+
+    def __init__(self, sources: Sequence[LayerSource], max_size: Optional[int] = None) -> None:
         self._sources = sources
-        self._index: dict[int, _Index] = {}
+        self._max_size = max_size
+        self._index: dict[int, Index] = {}
         self._want: Path = ()
         self._outer_wants: list[Path] = []  # what enclosing resolutions look for
         self._depth = 0
 
     # --- scanning ------------------------------------------------------------------------
 
-    def _get(self, k: int, aliases: Sequence[_Alias]) -> _Index:
+    def _get(self, k: int, aliases: Sequence[Alias]) -> Index:
         idx = self._index.get(k)
         if idx is None:
             names: set[Path] = set()
@@ -171,79 +82,12 @@ class MergedReader:
             idx = self._index[k] = self._scan(k, names, None)
         return idx
 
-    def _scan(self, k: int, want: set[Path], want_seq: Optional[int]) -> _Index:
-        src = self._sources[k]
-        idx = _Index()
-        links: dict[Path, str] = {}  # this layer's symlinks so far
-        blob = src.open()
-        failed = True
-        try:
-            stream = LayerStream(blob, src.media_type, diff_id=src.diff_id, layer=src.digest)
-            for seq, (info, data) in enumerate(stream):
-                try:
-                    path = _through(clean_name(info.name), links)
-                except UnsafeLayerError as e:
-                    raise e.with_layer(src.digest) from None
-                base = path[-1] if path else ""
-                if base.startswith(WHITEOUT_PREFIX):
-                    if base == OPAQUE_MARKER:
-                        idx.opaque.setdefault(path[:-1], seq)
-                    elif not base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
-                        victim = base[len(WHITEOUT_PREFIX) :]
-                        if victim in ("", ".", ".."):
-                            raise UnsafeLayerError(
-                                info.name,
-                                "whiteout names no entry, or the directory above it",
-                                src.digest,
-                            )
-                        idx.whiteouts.setdefault((*path[:-1], victim), seq)
-                    continue
-                if not path:
-                    if not info.isdir():
-                        raise UnsafeLayerError(
-                            info.name, "a non-directory cannot replace the root", src.digest
-                        )
-                    continue
-                kind = _kind(info.type, info.isreg())
-                link_to: Optional[Path] = None
-                if kind == LINK:
-                    link_to = _through(clean_name(info.linkname or "/"), links)
-                    if link_to == path:
-                        continue  # a hardlink to itself changes nothing (as in unpack)
-                old = idx.entries.get(path)
-                if old is not None:
-                    idx.data.pop(old.seq, None)
-                if kind != DIR and path in idx.parents:
-                    # Replacing a directory drops what the layer put in it so far.
-                    n = len(path)
-                    for p in [p for p in idx.entries if len(p) > n and p[:n] == path]:
-                        del idx.entries[p]
-                idx.entries[path] = _Node(kind, k, seq, info.linkname)
-                if kind == SYMLINK:
-                    links[path] = info.linkname
-                elif link_to is not None and link_to in links:
-                    links[path] = links[link_to]  # a hardlink to a symlink is that symlink
-                else:
-                    links.pop(path, None)
-                for i in range(len(path)):
-                    idx.parents.setdefault(path[:i], seq)
-                if data is not None and (seq == want_seq or path in want):
-                    idx.data[seq] = data.read()
-            stream.finish()
-            failed = False
-        finally:
-            close_blob(blob, failed)
-        for path in idx.entries:
-            idx.by_base.setdefault(path[-1], []).append(path)
-        # Directories the layer only implies: a lower symlink there is written through.
-        idx.implicit = {
-            p for p in idx.parents if p and (p not in idx.entries or idx.entries[p].kind != DIR)
-        }
-        return idx
+    def _scan(self, k: int, want: set[Path], want_seq: Optional[int]) -> Index:
+        return scan_layer(self._sources[k], k, want, want_seq, self._max_size)
 
     # --- lookups -------------------------------------------------------------------------
 
-    def _raw_names(self, path: Path, k: int, aliases: Sequence[_Alias]) -> dict[Path, int]:
+    def _raw_names(self, path: Path, k: int, aliases: Sequence[Alias]) -> dict[Path, int]:
         """Names that, in layer ``k``, land on ``path`` -> the least entry number for each."""
         names = {path: 0}
         changed = True
@@ -264,33 +108,39 @@ class MergedReader:
         return names
 
     @staticmethod
-    def _hidden(idx: _Index, raw: Path, literal: bool = True, limit: int = 1 << 62) -> bool:
-        for i in range(len(raw) + 1):
-            prefix = raw[:i]
-            if i < len(raw) and idx.opaque.get(prefix, limit) < limit:
+    def _hidden(idx: Index, raw: Path, literal: bool = True, limit: int = 1 << 62) -> bool:
+        node = idx.trie
+        n = len(raw)
+        for i in range(n + 1):
+            if node is None:
+                return False  # the layer says nothing at or below this prefix
+            if i < n and node.opaque is not None and node.opaque < limit:
                 return True
-            if i and idx.whiteouts.get(prefix, limit) < limit:
+            if i and node.whiteout is not None and node.whiteout < limit:
                 return True
-            if literal and 0 < i < len(raw):
+            if literal and 0 < i < n:
                 # A file above hides; a symlink there is how a name got here, not a wall
                 # (a directory that replaced it above is caught by the floors).
-                node = idx.entries.get(prefix)
-                if node is not None and node.kind not in (DIR, SYMLINK) and node.seq < limit:
+                entry = node.entry
+                if entry is not None and entry.kind not in (DIR, SYMLINK) and entry.seq < limit:
                     return True
+            if i < n:
+                node = node.kids.get(raw[i])
         return False
 
-    def _lookup(self, path: Path, top: int, ctx: _Ctx) -> _Found:
+    def _lookup(self, path: Path, top: int, ctx: Ctx) -> Found:
         """What settles ``path`` (whose parent is a directory), searching down from ``top``."""
-        ancestors = [path[:i] for i in range(1, len(path)) if path[:i] in ctx.anc]
+        ancestors = ctx.ancestors(path)
         for k in range(top, -1, -1):
             for a in ancestors:
                 # Below the layer that made an ancestor a directory, its lower content may
                 # be gone (a directory that replaced a symlink or file, a whiteout).
-                if ctx.anc[a].layer > k and self._floor(a, ctx) > k:
-                    return _Found(HIDDEN, self._floor(a, ctx))
+                assert a.found is not None
+                if a.found.layer > k and self._floor(a, ctx) > k:
+                    return Found(HIDDEN, self._floor(a, ctx))
             idx = self._get(k, ctx.aliases)
             names = self._raw_names(path, k, ctx.aliases)
-            best: Optional[_Node] = None
+            best: Optional[Node] = None
             for raw, min_seq in names.items():
                 node = idx.entries.get(raw)
                 if node is None or node.seq < min_seq:
@@ -299,20 +149,20 @@ class MergedReader:
                     continue
                 if best is None or node.seq > best.seq:
                     best = node
-            limit = ctx.max_seq if k == ctx.top and ctx.max_seq is not None else _NO_SEQ
+            limit = ctx.max_seq if k == ctx.top and ctx.max_seq is not None else NO_SEQ
             hidden = any(self._hidden(idx, raw, raw == path, limit) for raw in names)
             if best is not None:
-                return _Found(ENTRY, k, best, hidden)
-            if any(idx.parents.get(raw, _NO_SEQ) < limit for raw in names):
-                return _Found(IMPLICIT, k, None, hidden)
+                return Found(ENTRY, k, best, hidden)
+            if any(idx.parents.get(raw, NO_SEQ) < limit for raw in names):
+                return Found(IMPLICIT, k, None, hidden)
             if hidden:
-                return _Found(HIDDEN, k)
+                return Found(HIDDEN, k)
             through = self._written_through(path, k, idx)
             if through is not None:
                 return through
-        return _Found(BOTTOM, -1)
+        return Found(BOTTOM, -1)
 
-    def _written_through(self, path: Path, k: int, idx: _Index) -> Optional[_Found]:
+    def _written_through(self, path: Path, k: int, idx: Index) -> Optional[Found]:
         """An entry (or whiteout) of layer ``k`` that lands on ``path`` through a symlink.
 
         Only names under a directory the layer does not list itself can be written
@@ -323,29 +173,54 @@ class MergedReader:
             return None
 
         def lands(raw: Path) -> Optional[Path]:
-            if not any(raw[:i] in idx.implicit for i in range(1, len(raw))):
+            if not self._under_implicit(idx, raw):
                 return None
             parent = self._landing(k, idx, raw[:-1])
             return None if parent is None else (*parent, raw[-1])
 
         for raw in idx.by_base.get(path[-1], ()):
             if raw != path and lands(raw) == path:
-                return _Found(ENTRY, k, idx.entries[raw])
-        for implied in idx.implicit:
+                return Found(ENTRY, k, idx.entries[raw])
+        through = self._through_map(k, idx, lands)
+        if through.implied.get(path, {path}) - {path}:
             # A directory the layer implies, created through a lower symlink elsewhere.
-            if implied != path and self._landing(k, idx, implied) == path:
-                return _Found(IMPLICIT, k)
-        for raw in idx.whiteouts:
-            spot = lands(raw)
-            if spot is not None and path[: len(spot)] == spot:
-                return _Found(HIDDEN, k)
-        for raw in idx.opaque:
-            spot = lands((*raw, "")) if raw else None
-            if spot is not None and path[: len(spot) - 1] == spot[:-1] and len(path) >= len(spot):
-                return _Found(HIDDEN, k)
+            return Found(IMPLICIT, k)
+        # (each test slices every prefix: only worth it where there is something to find)
+        if through.whiteouts and any(
+            path[:i] in through.whiteouts for i in range(len(path), 0, -1)
+        ):
+            return Found(HIDDEN, k)
+        if through.opaque and any(path[:i] in through.opaque for i in range(len(path))):
+            return Found(HIDDEN, k)
         return None
 
-    def _landing(self, k: int, idx: _Index, raw: Path) -> Optional[Path]:
+    def _through_map(self, k: int, idx: Index, lands: Callable[[Path], Optional[Path]]) -> Through:
+        """Where layer ``k``'s implied directories, whiteouts and opaque markers land.
+
+        Built once per layer: looking each of them up again for every path resolved made
+        a lookup cost as much as the layer's size (issue 14).
+        """
+        if idx.through is not None:
+            return idx.through
+        # Deepest first: one walk down a chain of implied directories lands them all.
+        for raw in sorted(idx.implicit, key=len, reverse=True):
+            if raw not in idx.landings:
+                self._landings(k, idx, raw)
+        implied: dict[Path, set[Path]] = {}
+        for raw in idx.implicit:
+            spot = self._landing(k, idx, raw)
+            if spot is not None:
+                implied.setdefault(spot, set()).add(raw)
+        whiteouts = {spot for spot in map(lands, idx.whiteouts) if spot is not None}
+        opaque: set[Path] = set()
+        for raw in idx.opaque:
+            spot = lands((*raw, "")) if raw else None
+            if spot is not None:
+                opaque.add(spot[:-1])
+        idx.through = Through(implied, whiteouts, opaque)
+        return idx.through
+
+    def _landing(self, k: int, idx: Index, raw: Path) -> Optional[Path]:
         """The real path of directory ``raw`` as layer ``k`` wrote into it (cached)."""
         if raw not in idx.landings:
             try:
@@ -355,14 +230,37 @@ class MergedReader:
                 idx.landings[raw] = None
         return idx.landings[raw]
 
-    def _floor(self, a: Path, ctx: _Ctx) -> int:
-        """The lowest layer whose entries under directory ``a`` still show in the merge."""
-        floor = ctx.floors.get(a)
-        if floor is None:
-            floor = ctx.floors[a] = self._chain(a, ctx.anc[a], ctx)
-        return floor
+    def _landings(self, k: int, idx: Index, raw: Path) -> None:
+        """Land ``raw`` (see :meth:`_landing`) and, on the way, every prefix of it."""
+        seen: list[Path] = []
+        try:
+            real, _ = self._resolve(raw, k - 1, None, follow_final=True, create=True, landed=seen)
+            idx.landings[raw] = real
+        except (OSError, UnsafeLayerError):
+            idx.landings[raw] = None
+        for i, spot in enumerate(seen, 1):
+            idx.landings.setdefault(raw[:i], spot)
 
-    def _chain(self, a: Path, found: _Found, ctx: _Ctx) -> int:
+    def _floor(self, a: AncNode, ctx: Ctx) -> int:
+        """The lowest layer whose entries under directory ``a`` still show in the merge."""
+        if a.floor is None:
+            assert a.found is not None
+            a.floor = self._chain(a.path, a.found, ctx)
+        return a.floor
+
+    @staticmethod
+    def _under_implicit(idx: Index, raw: Path) -> bool:
+        """Whether a proper prefix of ``raw`` is a directory layer ``idx`` only implies."""
+        node = idx.trie
+        for part in raw[:-1]:
+            node = node.kids.get(part) if node is not None else None
+            if node is None:
+                return False
+            if node.implicit:
+                return True
+        return False
+
+    def _chain(self, a: Path, found: Found, ctx: Ctx) -> int:
         last_dir = found.layer if found.how == ENTRY else None
         cur = found
         while True:
@@ -380,12 +278,12 @@ class MergedReader:
                 if below.node.kind != DIR:
                     if last_dir is None:
                         # Only written through: ``a`` is that symlink (or file) still.
-                        raise _Restart(a, below.node)
+                        raise Restart(a, below.node)
                     return last_dir  # a directory replaced it: nothing below shows
                 last_dir = below.layer
             cur = below
 
-    def _deref(self, node: _Node, name: str, depth: int) -> _Node:
+    def _deref(self, node: Node, name: str, depth: int) -> Node:
         """The node a hardlink entry links to (as of just before the link)."""
         while node.kind == LINK:
             depth += 1
@@ -395,7 +293,7 @@ class MergedReader:
                 target = clean_name(node.linkname, entry=name)
             except UnsafeLayerError as e:
                 raise e.with_layer(self._sources[node.layer].digest) from None
-            found: Optional[_Node]
+            found: Optional[Node]
             try:
                 _, found = self._resolve(target, node.layer, node.seq, follow_final=False)
             except (FileNotFoundError, NotADirectoryError):
@@ -417,24 +315,31 @@ class MergedReader:
         *,
         follow_final: bool,
         create: bool = False,
-    ) -> tuple[Path, _Node]:
+        landed: Optional[list[Path]] = None,
+    ) -> tuple[Path, Node]:
         """The real path of ``path`` and its node, following symlinks inside the root.
 
         With ``create``, missing components are taken as directories (as unpacking
-        creates them) instead of raising FileNotFoundError.
+        creates them) instead of raising FileNotFoundError. ``landed``, when given, gets
+        the real path of each prefix of ``path`` the walk got through (as resolving that
+        prefix alone would give it).
         """
         saved = self._want
         self._outer_wants.append(saved)
-        true: dict[Path, _Node] = {}
+        true: dict[Path, Node] = {}
         self._depth += 1
         if self._depth > _MAX_DEPTH:
             self._depth -= 1
             raise OSError(errno.ELOOP, "paths in the image refer to each other too deeply")
         try:
             while True:
+                ctx = Ctx(top, max_seq, true)
+                if landed is not None:
+                    landed.clear()  # what an abandoned walk saw may not hold
+                    ctx.landed = landed
                 try:
-                    return self._walk(path, _Ctx(top, max_seq, true), follow_final, create)
-                except _Restart as r:
+                    return self._walk(path, ctx, follow_final, create)
+                except Restart as r:
                     if r.path in true:
                         raise RuntimeError(f"read_file: no progress resolving {r.path}") from r
                     true[r.path] = r.node
@@ -443,15 +348,22 @@ class MergedReader:
             self._outer_wants.pop()
             self._depth -= 1
 
-    def _walk(self, path: Path, ctx: _Ctx, follow_final: bool, create: bool) -> tuple[Path, _Node]:
-        todo: deque[Union[str, _Marker]] = deque(path)
+    def _walk(self, path: Path, ctx: Ctx, follow_final: bool, create: bool) -> tuple[Path, Node]:
+        todo: deque[Union[str, Marker, int]] = deque(path)
+        if ctx.landed is not None:
+            # After each component of ``path`` (and its symlinks), a count: the prefix's end.
+            todo = deque(x for i, part in enumerate(path, 1) for x in (part, i))
         real: list[str] = []
-        node = _ROOT
+        node = ROOT
         links = 0
         while todo:
             part = todo.popleft()
-            if isinstance(part, _Marker):
-                ctx.aliases.append(_Alias(part.raw, tuple(real), part.layer, part.seq))
+            if isinstance(part, int):
+                assert ctx.landed is not None
+                ctx.landed.append(tuple(real))
+                continue
+            if isinstance(part, Marker):
+                ctx.aliases.append(Alias(part.raw, tuple(real), part.layer, part.seq))
                 continue
             if part in ("", "."):
                 continue
@@ -463,14 +375,14 @@ class MergedReader:
             rest = [p for p in todo if isinstance(p, str)]
             self._want = clean_name("/".join(here + tuple(rest)) or "/") if rest else here
             if here in ctx.true:
-                found = _Found(ENTRY, ctx.true[here].layer, ctx.true[here])
+                found = Found(ENTRY, ctx.true[here].layer, ctx.true[here])
             else:
                 found = self._lookup(here, ctx.top, ctx)
             if found.how in (HIDDEN, BOTTOM):
                 if not create:
                     raise FileNotFoundError(errno.ENOENT, "no such file in the image", join(here))
-                found = _Found(IMPLICIT, -1, None, True)
-            entry = found.node if found.node is not None else _Node(DIR, found.layer, -1)
+                found = Found(IMPLICIT, -1, None, True)
+            entry = found.node if found.node is not None else Node(DIR, found.layer, -1)
             node = self._deref(entry, join(here), 0)
             last = not rest
             if node.kind == SYMLINK and (follow_final or not last):
@@ -479,20 +391,23 @@ class MergedReader:
                     raise OSError(errno.ELOOP, "too many levels of symbolic links", join(here))
                 if node.linkname.startswith("/"):
                     real.clear()
-                todo.appendleft(_Marker(here, entry.layer, entry.seq))
+                todo.appendleft(Marker(here, entry.layer, entry.seq))
                 todo.extendleft(reversed(node.linkname.split("/")))
                 continue
             if not last and node.kind != DIR:
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", join(here))
-            ctx.anc[here] = found
-            ctx.floors.pop(here, None)
+            ctx.passed(here, found)
             real.append(part)
         return tuple(real), node
 
     # --- the answer ----------------------------------------------------------------------
 
-    def read(self, path: str) -> bytes:
-        """The content of the regular file at ``path`` in the merged filesystem."""
+    def open(self, path: str) -> KeptContent:
+        """The content of the regular file at ``path`` in the merged filesystem.
+
+        Raises FileNotFoundError, IsADirectoryError, OSError (EINVAL) for what is not a
+        regular file, and ProxyError for a file over ``max_size``.
+        """
         if "\0" in path:
             raise ConfigurationError(f"not a valid path: {path!r}")
         # Not cleaned lexically: ".." is resolved as the walk meets it, as the kernel does.
@@ -507,17 +422,40 @@ class MergedReader:
         if node.kind != FILE:
             raise OSError(errno.EINVAL, "not a regular file in the image", path)
         idx = self._index[node.layer]
-        data = idx.data.get(node.seq)
-        if data is None:
+        if node.seq not in idx.data and node.seq not in idx.too_big:
             # Not kept on the first pass (found through a hardlink or a late symlink).
-            data = self._scan(node.layer, set(), node.seq).data.get(node.seq, b"")
-        return data
+            again = self._scan(node.layer, set(), node.seq)
+            idx.data.update(again.data)
+            idx.too_big.update(again.too_big)
+        size = idx.too_big.get(node.seq)
+        if size is not None:
+            raise ProxyError(
+                f"{path}: the file is {size} bytes, over the limit of {self._max_size} bytes"
+            )
+        return idx.data[node.seq]
 
+    def close(self) -> None:
+        """Let go of every kept content (temporary files)."""
+        for idx in self._index.values():
+            idx.close()
 
-def read_file_from_layers(sources: Sequence[LayerSource], path: str) -> bytes:
-    """Read ``path`` from the merged filesystem of ``sources`` (bottom layer first).
+    def __enter__(self) -> MergedReader:
+        return self
 
-    The engine of :func:`read_file`. Raises FileNotFoundError when the merged filesystem
-    has no such file, IsADirectoryError for a directory.
-    """
-    return MergedReader(sources).read(path)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, path: str) -> bytes:
+        """The content of the regular file at ``path`` (see :meth:`open`)."""
+        return self.open(path).read()
+
+    def keep(self, paths: Sequence[str]) -> None:
+        """Keep the contents of ``paths`` from every layer scanned from now on, so that
+        opening each of them afterwards reads no layer a second time."""
+        for path in paths:
+            if "\0" in path:
+                raise ConfigurationError(f"not a valid path: {path!r}")
+            try:
+                self._outer_wants.append(clean_name(path))
+            except UnsafeLayerError:
+                continue  # a name no layer can have: it is simply not found

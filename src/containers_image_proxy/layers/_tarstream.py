@@ -1,4 +1,8 @@
-"""Streaming tar over a layer blob, with the uncompressed digest checked on the way."""
+"""Streaming tar over a layer blob, with the uncompressed digest checked on the way.
+
+The tar is parsed by :mod:`._tar`, which reads it as Go's archive/tar does; entries come
+out as tarfile.TarInfo objects for the rest of the package.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,12 @@ from typing import Any, Optional
 
 from ._compression import DecompressingReader, Readable
 from ._errors import LayerDigestError, LayerFormatError
+from ._tar import TarReader
+from ._tarheader import Header
 
 _HASHES = ("sha256", "sha384", "sha512")
+_GLOBAL = ord("g")
+_DIR = ord("5")
 
 
 def _hasher(diff_id: Optional[str], layer: str) -> Any:
@@ -41,19 +49,72 @@ class _HashingReader(io.RawIOBase):
         return n or 0
 
 
-class EntryData:
-    """An entry's data as a binary file object; tar errors become LayerFormatError."""
+_TYPES = [bytes([i]) for i in range(256)]
 
-    def __init__(self, inner: Any, layer: str) -> None:
-        self._inner = inner
-        self._layer = layer
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def tar_info(hdr: Header) -> tarfile.TarInfo:
+    """A tarfile.TarInfo holding what Go's reader says of the entry.
+
+    Strings are decoded as UTF-8 with surrogateescape (``str.encode("utf-8",
+    "surrogateescape")`` gives the archive's bytes back); ``mtime`` is whole seconds (the
+    PAX record, when there is one, stays in ``pax_headers``); ``size`` is the logical
+    size; ``sparse`` the data regions of a sparse file, None otherwise.
+    """
+    name = _text(hdr.name)
+    if hdr.typeflag == _DIR:
+        # as tarfile names directories (the trailing slash is Go's, and means nothing more)
+        name = name.rstrip("/") or name
+    info = tarfile.TarInfo(name)
+    info.linkname = _text(hdr.linkname)
+    info.type = _TYPES[hdr.typeflag]
+    info.size = hdr.size
+    info.mode = hdr.mode
+    info.uid = hdr.uid
+    info.gid = hdr.gid
+    info.uname = _text(hdr.uname)
+    info.gname = _text(hdr.gname)
+    info.mtime = hdr.mtime[0]
+    info.devmajor = hdr.devmajor
+    info.devminor = hdr.devminor
+    info.offset = hdr.offset
+    if hdr.pax:
+        info.pax_headers = {_text(k): _text(v) for k, v in hdr.pax.items()}
+    info.sparse = hdr.sparse  # type: ignore[assignment]
+    return info
+
+
+class EntryData:
+    """An entry's data as a binary file object, valid until the next entry.
+
+    :meth:`read` gives the logical bytes (zeros in the holes of a sparse file),
+    :meth:`fragments` only the regions that hold data, for writers that seek over holes.
+    Both raise LayerFormatError when the archive is cut short or a sparse map and its data
+    disagree.
+    """
+
+    def __init__(self, reader: TarReader) -> None:
+        self._reader = reader
+        self._serial = reader.serial
+
+    def _check(self) -> TarReader:
+        if self._reader.serial != self._serial:
+            raise RuntimeError("tar entry data read after the next entry")
+        return self._reader
 
     def read(self, size: int = -1, /) -> bytes:
-        try:
-            data: bytes = self._inner.read(size)
-        except (tarfile.TarError, EOFError) as e:
-            raise LayerFormatError(f"corrupt tar data: {e}", self._layer) from e
-        return data
+        """Up to ``size`` bytes (everything left when ``size`` < 0); b"" at the end."""
+        return self._check().read(size)
+
+    def fragments(self) -> Iterator[tuple[int, bytes]]:
+        """(offset, bytes) chunks of at most 1 MiB, data regions only, in order.
+
+        A file that is not sparse is one region from offset 0.
+        """
+        return self._check().fragments()
 
     def readable(self) -> bool:
         return True
@@ -64,10 +125,13 @@ class LayerStream:
 
     ``source`` is the blob (compressed or not, whatever its media type says); ``diff_id``
     the digest the config's rootfs.diff_ids gives for this layer (None: computed only).
-    Iterating yields ``(TarInfo, data)`` pairs, data being a binary file object for
+    Iterating yields ``(TarInfo, data)`` pairs, data being an :class:`EntryData` for
     regular files and None otherwise, valid until the next entry; nothing is stored on
-    disk. :meth:`finish` then reads the uncompressed stream and the blob to their ends and
-    checks the diff_id, raising LayerDigestError on mismatch.
+    disk. The tar is read as Go's archive/tar reads it (:mod:`._tar`): the entries are
+    those a container runtime sees, and where Go fails LayerFormatError is raised. PAX
+    global headers are skipped (Go returns them, and runtimes ignore them). :meth:`finish`
+    then reads the uncompressed stream and the blob to their ends and checks the diff_id,
+    raising LayerDigestError on mismatch.
     """
 
     def __init__(
@@ -86,50 +150,22 @@ class LayerStream:
         self.compression = self._decompressed.compression
         self._hashing = _HashingReader(self._decompressed, hasher)
         self._buffered = io.BufferedReader(self._hashing, 64 * 1024)
-        self._tar: Optional[tarfile.TarFile] = None
+        self._tar = TarReader(self._buffered, layer)
         self._started = False
 
     def __iter__(self) -> Iterator[tuple[tarfile.TarInfo, Optional[EntryData]]]:
         if self._started:
             raise RuntimeError("a LayerStream can be iterated once")
         self._started = True
-        # A zero-byte stream is an empty layer; tarfile would call it an error.
-        if not self._buffered.peek(1):
-            return
-        try:
-            tar = tarfile.open(  # noqa: SIM115 - the stream's lifetime is this generator's
-                fileobj=self._buffered,
-                mode="r|",
-                encoding="utf-8",
-                errors="surrogateescape",
-            )
-            self._tar = tar
-            entries = iter(tar)
-            data_end = 0
-            while True:
-                try:
-                    info = next(entries)
-                except StopIteration:
-                    return
-                except (tarfile.ReadError, EOFError):
-                    # Some writers (umoci insert) end the archive right after the last
-                    # member's data, without padding or end blocks; Go's archive/tar takes
-                    # that, and the diff_id still guards the content. Only at an entry
-                    # boundary, though: a stream cut inside data stays an error.
-                    if self._hashing.count >= data_end and not self._buffered.peek(1):
-                        return
-                    raise
-                data = tar.extractfile(info) if info.isreg() else None
-                data_end = info.offset_data + (info.size if info.isreg() else 0)
-                yield info, (EntryData(data, self.layer) if data is not None else None)
-                # tarfile keeps every TarInfo it read; a stream needs none of them again,
-                # and a layer of many entries would otherwise grow memory with its length
-                # (``members`` is not in the type stubs, hence getattr)
-                members = getattr(tar, "members", None)
-                if isinstance(members, list):
-                    members.clear()
-        except (tarfile.TarError, EOFError) as e:
-            raise LayerFormatError(f"corrupt tar stream: {e}", self.layer) from e
+        tar = self._tar
+        while True:
+            hdr = tar.next()
+            if hdr is None:
+                return
+            if hdr.typeflag == _GLOBAL:
+                continue
+            info = tar_info(hdr)
+            yield info, (EntryData(tar) if info.isreg() else None)
 
     def finish(self) -> str:
         """Read everything left (after the tar's end marker too), check the digest.

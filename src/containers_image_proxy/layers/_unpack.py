@@ -19,19 +19,19 @@ import stat
 import tarfile
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 from .._errors import ConfigurationError
 from ._apply import TreeWriter
+from ._content import data_fragments
 from ._paths import Root, remove_at
 from ._source import LayerSource, close_blob
 from ._tarstream import LayerStream
 
 log = logging.getLogger("containers_image_proxy.layers")
 
-_CHUNK = 256 * 1024
-_QUEUE_ITEMS = 128  # at most ~32 MiB of file data in flight
+_QUEUE_ITEMS = 128  # at most ~32 MiB of file data in flight (chunks of _content.CHUNK)
 
 
 class _Stopped(Exception):
@@ -73,11 +73,9 @@ class _Pipeline:
                     for info, data in stream:
                         self._put("entry", info)
                         if data is not None:
-                            while True:
-                                chunk = data.read(_CHUNK)
-                                if not chunk:
-                                    break
-                                self._put("data", chunk)
+                            # Data regions only: a sparse file's holes cost nothing here.
+                            for fragment in data_fragments(info, data, src.digest):
+                                self._put("data", fragment)
                         self._put("end", None)
                     stream.finish()
                     failed = False
@@ -108,14 +106,14 @@ class _Pipeline:
                 raise value
             return kind, value
 
-    def read_data(self, size: int) -> bytes:
-        """The next chunk of the current entry's data (b"" at its end)."""
+    def next_fragment(self) -> Optional[tuple[int, bytes]]:
+        """The next ``(offset, bytes)`` of the current entry's data (None at its end)."""
         kind, value = self._get()
         if kind == "data":
-            data: bytes = value
-            return data
+            fragment: tuple[int, bytes] = value
+            return fragment
         self._pending = (kind, value)
-        return b""
+        return None
 
     def run(self, writer: TreeWriter) -> None:
         """Apply every layer with ``writer``; raises the first error of either side."""
@@ -154,22 +152,14 @@ class _QueueData:
 
     def __init__(self, pipeline: _Pipeline) -> None:
         self._p = pipeline
-        self._buf = b""
-        self._eof = False
 
-    def read(self, size: int = -1, /) -> bytes:
-        if self._eof and not self._buf:
-            return b""
-        if not self._buf:
-            self._buf = self._p.read_data(size)
-            if not self._buf:
-                self._eof = True
-                return b""
-        if size is None or size < 0 or size >= len(self._buf):
-            data, self._buf = self._buf, b""
-        else:
-            data, self._buf = self._buf[:size], self._buf[size:]
-        return data
+    def fragments(self) -> Iterator[tuple[int, bytes]]:
+        """The entry's data regions, as ``(offset, bytes)`` chunks."""
+        while True:
+            fragment = self._p.next_fragment()
+            if fragment is None:
+                return
+            yield fragment
 
 
 def check_dest(dest: Union[str, os.PathLike[str]]) -> tuple[str, bool]:

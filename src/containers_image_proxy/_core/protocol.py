@@ -16,9 +16,15 @@ import os
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from ._errors import ConfigurationError, ProtocolError, ProxyTooOldError, RequestError
+from .._errors import (
+    ConfigurationError,
+    MetadataTooLargeError,
+    ProtocolError,
+    ProxyTooOldError,
+    RequestError,
+)
 
 #: The proxy reads requests into a buffer of this size; a larger request would be cut.
 MAX_REQUEST_SIZE = 32 * 1024
@@ -27,6 +33,10 @@ MAX_REQUEST_SIZE = 32 * 1024
 MAX_REPLY_SIZE = 1024 * 1024
 #: JSON numbers above this lose precision; the proxy rejects them.
 MAX_JSON_INT = (1 << 53) - 1
+#: JSON from skopeo nested deeper than this is refused. Image metadata nests fewer than ten
+#: levels; the bound keeps every recursive walk over what was decoded (``to_json``,
+#: ``json.dumps``, a caller's own) far from Python's recursion limit.
+MAX_JSON_DEPTH = 256
 
 Version = Tuple[int, int, int]
 
@@ -129,6 +139,94 @@ def encode_request(method: str, args: Sequence[Arg]) -> bytes:
     return data
 
 
+# --- JSON and metadata payloads -------------------------------------------------------
+
+
+def decode_json(data: bytes, what: str, limit: Optional[int] = None) -> Any:
+    """Decode one JSON document that came from skopeo; ``what`` names it in errors.
+
+    Raises :class:`MetadataTooLargeError` when ``data`` is longer than ``limit`` bytes, and
+    :class:`ProtocolError` when it is not JSON (bad UTF-8 included) or nests deeper than
+    :data:`MAX_JSON_DEPTH`. Messages never quote the document.
+    """
+    if limit is not None and len(data) > limit:
+        raise MetadataTooLargeError(what, limit)
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise _too_deep(what) from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ProtocolError(f"{what}: not valid JSON: {_reason(e)}") from None
+    if too_deep(obj, data):
+        raise _too_deep(what)
+    return obj
+
+
+def _reason(e: ValueError) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 at byte {e.start}"
+    return str(e)  # a JSONDecodeError says where, not what
+
+
+def _too_deep(what: str) -> ProtocolError:
+    return ProtocolError(f"{what}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def too_deep(obj: Any, data: Union[bytes, str]) -> bool:
+    """Whether decoded JSON ``obj`` (from ``data``) nests deeper than MAX_JSON_DEPTH.
+
+    Without more brackets in the text than the bound (nearly every reply), the walk is
+    skipped; it is iterative, so it cannot itself exceed the recursion limit.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    if not isinstance(obj, (dict, list)) or data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    stack: List[Tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_JSON_DEPTH:
+                    return True
+                if child:  # an empty one nests no further: not worth a visit
+                    stack.append((child, depth + 1))
+    return False
+
+
+class MetadataBuffer:
+    """Collects a metadata payload read from a pipe, refusing it past ``limit`` bytes.
+
+    A front end reads at most :meth:`room` bytes at a time and :meth:`add` s them: no more
+    than ``limit + 1`` bytes are ever held, so an oversize payload costs no more memory
+    than an allowed one, and is refused before it is read to its end.
+    """
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.what = what
+        self.limit = limit
+        self.size = 0
+        self._chunks: List[bytes] = []
+
+    def room(self, chunk: int) -> int:
+        """How much the next read should ask for (``chunk`` at most)."""
+        return max(1, min(chunk, self.limit + 1 - self.size))
+
+    def add(self, data: bytes) -> None:
+        """Keep ``data``; raises :class:`MetadataTooLargeError` once over the limit."""
+        self.size += len(data)
+        if self.size > self.limit:
+            self._chunks.clear()
+            raise MetadataTooLargeError(self.what, self.limit)
+        self._chunks.append(data)
+
+    def take(self) -> bytes:
+        """The whole payload (the buffer is empty afterwards)."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+
 # --- replies --------------------------------------------------------------------------
 
 
@@ -196,26 +294,32 @@ def close_fds(*fds: int) -> None:
                 pass
 
 
-def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool = False) -> Reply:
+def decode_reply(
+    method: str,
+    data: bytes,
+    fds: Sequence[int],
+    truncated: bool = False,
+    limit: Optional[int] = None,
+) -> Reply:
     """Validate one reply to ``method`` and give it its typed shape.
 
     Raises :class:`RequestError` for a well-formed error reply and :class:`ProtocolError` for
-    anything the protocol does not allow; in both cases every fd in ``fds`` is closed.
+    anything the protocol does not allow (:class:`MetadataTooLargeError` for a reply longer
+    than ``limit`` bytes); in every case each fd in ``fds`` is closed.
     """
     try:
-        return _decode_reply(method, data, fds, truncated)
+        return _decode_reply(method, data, fds, truncated, limit)
     except BaseException:
         close_fds(*fds)
         raise
 
 
-def _decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool) -> Reply:
+def _decode_reply(
+    method: str, data: bytes, fds: Sequence[int], truncated: bool, limit: Optional[int]
+) -> Reply:
     if truncated:
         raise ProtocolError(f"{method}: reply exceeds {MAX_REPLY_SIZE} bytes")
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"{method}: reply is not JSON: {e}") from None
+    obj = decode_json(data, f"{method} reply", limit)
     if not isinstance(obj, dict):
         raise ProtocolError(f"{method}: reply is not a JSON object")
     success = obj.get("success")
@@ -278,13 +382,26 @@ _NOT_FOUND_TEXT = re.compile(
 )
 
 
+# What a registry or a store says of content that is not there. Asking again cannot make
+# it appear, whatever the code: skopeo 1.22 codes a registry's "blob unknown" as retryable.
+_ABSENT_TEXT = re.compile(
+    r"blob unknown|manifest unknown|name unknown|repository name not known"
+    r"|no such file or directory|invalid status code from registry 404",
+    re.IGNORECASE,
+)
+
+
 def is_retryable(message: str, error_code: Optional[str]) -> bool:
     """Whether an error may go away if the request is sent again.
 
-    The proxy's code is trusted when it says "retryable" or "EPIPE" (we closed the pipe);
+    Content that is not there (a blob the registry does not know, a file missing from a
+    layout) is never retried, even when the proxy codes it "retryable". Otherwise the
+    proxy's code is trusted when it says "retryable" or "EPIPE" (we closed the pipe);
     "other" still gets the text check, since containers/image does not classify a
     connection cut mid-body (``unexpected EOF``) as retryable, though it is transient.
     """
+    if _ABSENT_TEXT.search(message) is not None:
+        return False
     if error_code == "retryable":
         return True
     if error_code == "EPIPE":
@@ -306,10 +423,7 @@ def decode_raw_blob_error(payload: bytes) -> Optional[RequestError]:
     """Decode what GetRawBlob's error pipe held once it reached EOF (empty means success)."""
     if not payload.strip():
         return None
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError(f"GetRawBlob: error pipe holds non-JSON: {payload[:80]!r}") from None
+    obj = decode_json(payload, "GetRawBlob: error pipe")
     if not isinstance(obj, dict):
         raise ProtocolError("GetRawBlob: error pipe holds a non-object")
     code = obj.get("code")

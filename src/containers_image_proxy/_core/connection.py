@@ -14,11 +14,14 @@ follow-up requests are returned to the front end, which sends them as abandoned 
 from __future__ import annotations
 
 import collections
-from typing import Any, Deque, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Deque, List, Optional, Sequence, Tuple
 
-from ._errors import ProtocolError, ProxyError, RequestError
-from ._protocol import Arg, PipeReply, RawPipesReply, Reply, decode_reply, encode_request
-from ._transport import close_fds
+from .._errors import ProtocolError, ProxyError, RequestError
+from .._transport import close_fds
+from .protocol import Arg, PipeReply, RawPipesReply, Reply, decode_reply, encode_request
+
+if TYPE_CHECKING:
+    import asyncio
 
 _IMAGE_OPENERS = ("OpenImage", "OpenImageOptional")
 
@@ -39,7 +42,7 @@ class Ticket:
         self.reply: Optional[Reply] = None
         self.error: Optional[BaseException] = None
         #: front-end specific (an asyncio future for the async front end)
-        self.waiter: Any = None
+        self.waiter: Optional[asyncio.Future[None]] = None
 
     def result(self) -> Reply:
         """The reply, or raise the error it got."""
@@ -69,9 +72,14 @@ def release(method: str, reply: Reply) -> List[FollowUp]:
 
 
 class Connection:
-    """The FIFO of tickets, and the connection's failure once it has one."""
+    """The FIFO of tickets, and the connection's failure once it has one.
 
-    def __init__(self) -> None:
+    ``max_reply_size`` bounds the JSON of a reply (ProxyConfig.max_metadata_size); a longer
+    one is a :class:`~._errors.MetadataTooLargeError` that ends the connection.
+    """
+
+    def __init__(self, max_reply_size: Optional[int] = None) -> None:
+        self.max_reply_size = max_reply_size
         self.pending: Deque[Ticket] = collections.deque()
         self.failure: Optional[ProxyError] = None
 
@@ -107,7 +115,7 @@ class Connection:
         ticket = self.pending.popleft()
         ticket.done = True
         try:
-            reply = decode_reply(ticket.method, data, fds, truncated)
+            reply = decode_reply(ticket.method, data, fds, truncated, self.max_reply_size)
         except RequestError as e:
             # stored without its traceback: the frames it holds (a reader's buffers among
             # them) would otherwise live as long as the ticket

@@ -1,95 +1,91 @@
-"""The asyncio blob reader: ``await read(n)`` and ``async for chunk`` over one blob stream."""
+"""The blob reader of the asyncio front end, :class:`AsyncBlobReader`: one blob stream.
+
+``_async/reader.py`` is the source of ``_sync/reader.py`` (scripts/unasync.py); what differs
+between the two readers is in their ``_backend`` (how to wait for the pipe, where to hash,
+whether a bulk copy pauses, and the read methods each kind of caller expects).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
-import threading
-from typing import TYPE_CHECKING, Any, AsyncIterator, List, Optional, Union
+from typing import TYPE_CHECKING, Protocol, Union
 
-from . import _pipeline as pipeline
-from . import _streaming as streaming
-from ._blobstream import BlobStream
-from ._errors import ProxyError
-from ._transport import READ_CHUNK, write_all
+from .._config import ProxyConfig
+from .._core.actions import Op, T
+from .._errors import ProxyError
+from .._stream import copying as pipeline
+from .._stream import ends as streaming
+from .._transport import READ_CHUNK, Writable, readable_now, write_all
+from . import _backend as backend
 
 if TYPE_CHECKING:
-    from ._async import AsyncImageProxy
+    from _typeshed import WriteableBuffer
+
+# Every memoryview of the caller's buffer is released before returning or raising: a view
+# left alive (in a traceback, say) would stop the caller from resizing the buffer.
 
 
-# Hashing a large chunk on the event loop would stall every other task for its duration
-# (about 0.7 ms per MiB here), and would keep concurrent streams hashing on one core.
-HASH_OFF_LOOP_SIZE = 256 * 1024
-_hash_workers: Optional[concurrent.futures.ThreadPoolExecutor] = None
-_hash_workers_lock = threading.Lock()
+class StreamOwner(Protocol):
+    """What a reader needs of the proxy it came from (which imports this module)."""
+
+    _config: ProxyConfig
+    _link: backend.Link
+
+    async def _run(self, op: Op[T]) -> T: ...
 
 
-def _hash_executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _hash_workers
-    with _hash_workers_lock:
-        if _hash_workers is None:
-            _hash_workers = concurrent.futures.ThreadPoolExecutor(
-                max_workers=os.cpu_count() or 2, thread_name_prefix="cip-hash"
-            )
-        return _hash_workers
+class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
+    """A blob streamed from the proxy.
 
-
-async def _hash_off_loop(stream: BlobStream, data: memoryview) -> None:
-    """``stream.hash(data)``, on a worker thread when ``data`` is large."""
-    if not stream.hashing:
-        return
-    if len(data) < HASH_OFF_LOOP_SIZE:
-        stream.hash(data)
-        return
-    work = _hash_executor().submit(stream.hash, data)
-    try:
-        await asyncio.shield(asyncio.wrap_future(work))
-    except asyncio.CancelledError:
-        # the worker still holds ``data`` (a view of the caller's buffer) and the stream's
-        # hash must take these bytes before any other: let it finish
-        work.result()
-        raise
-
-
-class AsyncBlobReader(streaming.StreamInfo):
-    """A blob streamed from the proxy, for asyncio: ``await read(n)``, ``async for chunk``.
-
-    Reaching the end verifies size and digest; closing early is allowed and cheap.
+    Reading to the end checks size and digest and raises
+    :class:`~containers_image_proxy.BlobVerificationError` on a mismatch; closing before
+    the end is allowed and cheap. Leaving its ``with`` block closes it: with verification
+    on a normal exit, quietly while an error unwinds (so that error is not masked).
+    Iterating gives chunks of 1 MiB (the last one shorter).
     """
 
-    def __init__(self, proxy: AsyncImageProxy, ends: streaming.StreamEnds) -> None:
+    def __init__(self, proxy: StreamOwner, ends: streaming.StreamEnds) -> None:
+        super().__init__()
         self._proxy = proxy
         self._ends = ends
         self._stream = ends.stream
-        self._ended = False
-        self._closed = False
-        self._failure: Optional[BaseException] = None
+        self._ended = False  # the data part is over and its end was handled
+        self._failure = None
         self._nonblocking_fd = -1
-        self._leftover = b""  # bytes of a cancelled read, returned by the next one
+        self._leftover = b""  # bytes of an interrupted read, returned by the next one
 
     @property
     def bytes_read(self) -> int:
-        """How many bytes were handed out so far (a cancelled read's are not, yet)."""
+        """How many bytes were handed out so far (an interrupted read's are not, yet)."""
         return self._stream.received - len(self._leftover)
 
-    @property
-    def closed(self) -> bool:
-        """Whether the reader is closed."""
-        return self._closed
+    def _data_fd(self) -> int:
+        fd = self._ends.data_fd
+        if fd != self._nonblocking_fd:  # a new pipe after a resumed transfer
+            os.set_blocking(fd, False)
+            self._nonblocking_fd = fd
+        return fd
 
     async def _wait_data(self, fd: int) -> None:
         proxy, ends = self._proxy, self._ends
         timeout = proxy._config.stall_timeout
         first = streaming.first_wait(self._stream.spec.kind, ends.probe is not None, timeout)
         if first is not None:
-            if await proxy._readable(fd, ends.context(), first):
+            if await backend.wait_readable(fd, first):
                 return
-            ends.probe = proxy._submit("FinishPipe", (ends.pipe_id,), exempt=True)
+            ends.probe = proxy._link.submit("FinishPipe", (ends.pipe_id,), exempt=True)
             if timeout is not None:
                 timeout -= first
-        if not await proxy._readable(fd, ends.context(), timeout):
-            raise proxy._stalled(ends.context())
+        if not await backend.wait_readable(fd, timeout):
+            raise proxy._link.stalled(ends.context())
+
+    async def _readv(self, chunk: memoryview) -> int:
+        fd = self._data_fd()
+        while True:
+            try:
+                return os.readv(fd, [chunk])
+            except BlockingIOError:
+                await self._wait_data(fd)
 
     async def _pull(self, view: memoryview, hash_here: bool = True) -> int:
         """Read once from the pipe into ``view``; 0 when the data part is over (size
@@ -98,24 +94,23 @@ class AsyncBlobReader(streaming.StreamInfo):
         if not n:
             return 0
         with view[:n] as chunk:
-            got = await self._read_once(chunk)
+            got = await self._readv(chunk)
             self._stream.count(got)
             if hash_here and got:
                 with chunk[:got] as data:
                     try:
-                        await _hash_off_loop(self._stream, data)
-                    except asyncio.CancelledError:
+                        await backend.hash_bytes(self._stream, data)
+                    except backend.CANCELLED:
                         # the bytes have left the pipe and are hashed: the next read
                         # returns them, as if this one had never happened
                         self._leftover = bytes(data)
                         raise
         return 0 if self._stream.overflowed else got
 
-    async def readinto(self, b: Any) -> int:
+    async def _read_once(self, b: WriteableBuffer) -> int:
         """Read once into a writable buffer; 0 at the end (after verification)."""
-        if self._closed:
+        if self.closed:
             raise ValueError("read from a closed AsyncBlobReader")
-        # views of the caller's buffer are released before returning or raising
         with memoryview(b) as mv, mv.cast("B") as view:
             if not view:
                 return 0
@@ -128,31 +123,47 @@ class AsyncBlobReader(streaming.StreamInfo):
                 got = await self._pull(view)
                 if got:
                     return got
-                await self._end()
+                await self._end()  # size reached, EOF, or too much data
         return self._verified_end()
 
-    async def _read_once(self, chunk: memoryview) -> int:
-        fd = self._ends.data_fd
-        if fd != self._nonblocking_fd:  # a new pipe after a resumed transfer
-            os.set_blocking(fd, False)
-            self._nonblocking_fd = fd
-        while True:
-            try:
-                return os.readv(fd, [chunk])
-            except BlockingIOError:
-                await self._wait_data(fd)
+    async def _fill(self, b: WriteableBuffer) -> int:
+        """Fill ``b`` unless the blob ends first."""
+        with memoryview(b) as mv, mv.cast("B") as view:
+            filled = 0
+            while filled < len(view):
+                with view[filled:] as rest:
+                    got = await self._read_once(rest)
+                if not got:
+                    break
+                filled += got
+            return filled
 
-    async def copy_to(self, dest: Union[int, Any]) -> int:
+    def __aiter__(self) -> AsyncBlobReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The next 1 MiB (fewer bytes only at the end)."""
+        buf = bytearray(READ_CHUNK)
+        n = await self._fill(buf)
+        if not n:
+            raise StopAsyncIteration
+        del buf[n:]
+        return bytes(buf)
+
+    async def copy_to(self, dest: Union[int, Writable]) -> int:
         """Copy the rest of the blob to ``dest`` (an fd or a file with ``fileno()``); returns
-        the bytes copied, after verification. Zero-copy (``os.splice``) where nothing needs
-        to see the bytes, as :meth:`BlobReader.copy_to`; a stream hashed here is hashed
-        and written by helper threads while the loop reads. Splicing to ``dest`` blocks the
-        loop briefly, as writes to a regular file do.
+        the bytes copied, after verification.
+
+        Where nothing needs to see the bytes (a GetBlob stream, verified by skopeo, or an
+        unverified GetRawBlob) they move from the pipe with ``os.splice``, never entering
+        Python (a splice to a regular file blocks briefly, as its writes do). A stream
+        hashed here is read here while two helper threads hash and write it (small ones:
+        one reused buffer, hashed on the way).
         """
         out = dest if isinstance(dest, int) else dest.fileno()
         if not isinstance(dest, int):
             dest.flush()
-        if self._closed:
+        if self.closed:
             raise ValueError("read from a closed AsyncBlobReader")
         start = self.bytes_read
         if self._leftover:
@@ -162,14 +173,15 @@ class AsyncBlobReader(streaming.StreamInfo):
             size = self._stream.size
             buffers = pipeline.buffer_count(None if size is None else size - start)
             if buffers and self._stream.hashing:
-                await self._copy_pipelined(out, buffers)
+                await self._copy_with_helpers(out, buffers)
             else:
                 buf = bytearray(READ_CHUNK)
                 with memoryview(buf) as view:
-                    while got := await self.readinto(buf):
+                    while got := await self._read_once(buf):
                         with view[:got] as data:
                             write_all(out, data)
             return self._stream.received - start
+        pacer = backend.Pacer(self._ends.pipe_size)
         while not self._ended:
             n = self._stream.want(READ_CHUNK)
             if n:
@@ -177,29 +189,29 @@ class AsyncBlobReader(streaming.StreamInfo):
                 if moved:
                     self._stream.advance(moved)
                     if not self._stream.overflowed:
+                        await pacer.after(moved)
                         continue
             await self._end()
         self._verified_end()
         return self._stream.received - start
 
-    async def _copy_pipelined(self, out: int, buffers: int) -> None:
-        """Read on the loop while helper threads hash and write (see _pipeline).
-
-        No read coalescing here, unlike the sync reader (streaming.Coalescer): the loop's
-        timers wait in whole milliseconds (epoll), long enough for a 1 MiB pipe to fill
-        and stall skopeo.
-        """
-        loop = asyncio.get_running_loop()
-        returned: asyncio.Queue[bytearray] = asyncio.Queue()
-
-        def give_back(buf: bytearray) -> None:  # on the writer thread
+    async def _splice_once(self, out: int, count: int) -> int:
+        fd = self._data_fd()
+        while True:
             try:
-                loop.call_soon_threadsafe(returned.put_nowait, buf)
-            except RuntimeError:  # the loop is closed: nobody waits for it any more
-                pass
+                return os.splice(fd, out, count, flags=os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                if readable_now(fd):  # the destination is a full pipe: wait for room there
+                    await backend.wait_writable(out)
+                else:
+                    await self._wait_data(fd)
 
-        stages = pipeline.HashWritePipeline(out, self._stream.hash, give_back, buffers)
+    async def _copy_with_helpers(self, out: int, buffers: int) -> None:
+        """Read here while helper threads hash and write (see _stream.copying)."""
+        returned = backend.ReturnedBuffers()
+        stages = pipeline.HashWritePipeline(out, self._stream.hash, returned.put, buffers)
         idle = list(stages.buffers)
+        pacer = backend.Pacer(self._ends.pipe_size)
 
         async def take_back(until: int) -> None:
             while len(idle) < until:
@@ -219,6 +231,7 @@ class AsyncBlobReader(streaming.StreamInfo):
                         if not got:
                             break
                         filled += got
+                        await pacer.after(got, filled < len(view))
                 if filled:
                     stages.submit(buf, filled)
                 else:
@@ -232,41 +245,8 @@ class AsyncBlobReader(streaming.StreamInfo):
             stages.close()
         self._verified_end()
 
-    async def _splice_once(self, out: int, count: int) -> int:
-        fd = self._ends.data_fd
-        if fd != self._nonblocking_fd:
-            os.set_blocking(fd, False)
-            self._nonblocking_fd = fd
-        while True:
-            try:
-                return os.splice(fd, out, count, flags=os.SPLICE_F_NONBLOCK)
-            except BlockingIOError:
-                await self._wait_data(fd)
-
-    async def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes (all that is left when negative); b"" at the end."""
-        if size < 0:
-            parts: List[bytes] = []
-            while True:
-                part = await self.read(READ_CHUNK)
-                if not part:
-                    return b"".join(parts)
-                parts.append(part)
-        buf = bytearray(size)
-        n = await self.readinto(buf)
-        del buf[n:]
-        return bytes(buf)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self.read(READ_CHUNK)
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
-
     async def _end(self) -> None:
+        """The data part is over: finish, verify, or resume an interrupted transfer."""
         try:
             op = streaming.end_stream(self._ends, self._proxy._config.retries)
             resumed = await self._proxy._run(op)
@@ -279,7 +259,7 @@ class AsyncBlobReader(streaming.StreamInfo):
 
     async def close(self) -> None:
         """Close the stream. If every byte was read, this verifies and may raise."""
-        if self._closed:
+        if self.closed:
             return
         try:
             while not self._ended and self._stream.complete:
@@ -287,13 +267,11 @@ class AsyncBlobReader(streaming.StreamInfo):
         finally:
             await self.close_quietly()
 
-    aclose = close
-
     async def close_quietly(self) -> None:
         """Abandon the stream: close our ends; the proxy sees EPIPE and stays usable."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self._mark_closed()
         if not self._ended:
             self._ended = True
             try:
@@ -306,12 +284,14 @@ class AsyncBlobReader(streaming.StreamInfo):
         return self
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        # while an error unwinds, close without verifying: its failure would mask the error
         if exc_type is None:
             await self.close()
         else:
             await self.close_quietly()
 
     def __del__(self) -> None:
+        # no request from a finalizer: only make sure the descriptors do not leak
         ends = getattr(self, "_ends", None)
         if ends is not None:
             ends.close()

@@ -3,7 +3,7 @@
 A reader's hot path (wait for data, read into the caller's buffer, account for it) is a few
 lines in each front end. Everything after the data part — FinishPipe or GetRawBlob's error
 pipe, telling a killed skopeo from a short blob, verification, and retrying an interrupted
-transfer — is :func:`end_stream`, a generator of actions like those in ``_operations``.
+transfer — is :func:`end_stream`, a generator of actions like those in ``_core.operations``.
 
 Retrying: a transfer that failed with a retryable error is requested again, as long as
 ``retries`` allows. If bytes were already handed out, the new stream's first bytes are read
@@ -14,16 +14,16 @@ stream, and a source that changed in between is a :class:`BlobVerificationError`
 from __future__ import annotations
 
 import fcntl
-from dataclasses import dataclass
-from typing import Any, Generator, Optional, Tuple, Union
+from typing import Optional, Tuple
 
-from ._blobstream import BlobStream, StreamKind, StreamSpec
-from ._connection import Ticket
-from ._digest import Digest
-from ._errors import ProtocolError, RequestError
-from ._operations import Sleep, backoff
-from ._protocol import Arg, PipeReply, RawPipesReply, Reply, decode_raw_blob_error
-from ._transport import close_fds
+from .._core.actions import Op, ProxyGone, Sleep, Wait, discard, read_all, reopen, submit
+from .._core.connection import Ticket
+from .._core.protocol import Arg, PipeReply, RawPipesReply, Reply, decode_raw_blob_error
+from .._digest import Digest
+from .._errors import ProtocolError, RequestError
+from .._transport import close_fds
+from .copying import PIPE_SIZE
+from .state import BlobStream, StreamKind, StreamSpec
 
 #: A GetBlob pipe silent for this long gets its FinishPipe early. The pipe reaches EOF only
 #: inside FinishPipe, so a writer that died (registry connection lost) would otherwise leave
@@ -31,64 +31,9 @@ from ._transport import close_fds
 PROBE_AFTER = 1.0
 
 
-@dataclass(frozen=True)
-class Submit:
-    """Send a request now; the result is its :class:`Ticket`."""
-
-    method: str
-    args: Tuple[Arg, ...]
-    exempt: bool = False
-    abandoned: bool = False
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Wait for a ticket's reply; the result is the reply (or its error is raised)."""
-
-    ticket: Ticket
-
-
-@dataclass(frozen=True)
-class ReadAll:
-    """Read a descriptor to EOF; the result is the bytes."""
-
-    fd: int
-    context: str
-
-
-@dataclass(frozen=True)
-class ProxyGone:
-    """Raise ProxyExitedError if skopeo exits within ``timeout`` seconds (else result None)."""
-
-    timeout: float
-    context: str
-
-
-@dataclass(frozen=True)
-class Reopen:
-    """Send the stream's request again; the result is the new reply."""
-
-    method: str
-    args: Tuple[Arg, ...]
-
-
-@dataclass(frozen=True)
-class Discard:
-    """Read exactly ``count`` bytes from ``fd`` into ``hasher``; the result is how many came."""
-
-    fd: int
-    count: int
-    hasher: Any
-
-
-StreamAction = Union[Submit, Wait, ReadAll, ProxyGone, Reopen, Discard, Sleep]
-StreamOp = Generator[StreamAction, Any, Any]
-
-
-#: A pipe holds 64 KiB by default, so no read returns more: the per-read costs (a system
-#: call, the reader's bookkeeping, a hash update) are paid 16 times per MiB. 1 MiB is the
-#: most an unprivileged process may ask for (/proc/sys/fs/pipe-max-size).
-PIPE_SIZE = 1 << 20
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based): 0.2, 0.4, 0.8 ... 5."""
+    return float(min(5.0, 0.2 * (2**attempt)))
 
 
 def _grow_pipe(fd: int) -> int:
@@ -101,40 +46,6 @@ def _grow_pipe(fd: int) -> int:
         return int(fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", 1032)))
     except OSError:
         return 0
-
-
-class Coalescer:
-    """When a bulk copy (``copy_to``) should pause before its next read of the pipe.
-
-    A reader faster than skopeo finds the pipe nearly empty each time and is woken for
-    every write skopeo makes (32 KiB each): a system call and two context switches per
-    32 KiB, and skopeo losing its core each time. Pausing while the pipe fills cuts the
-    wakeups about twentyfold (measured: CPU of a 1 GiB splice into a pipe 0.2-0.4 s ->
-    0.05 s, and faster, since skopeo keeps running). The first pause is short enough that
-    a 1 MiB pipe cannot fill during it below ~5 GB/s, so a fast source is never held
-    up; it doubles while reads stay small (a slow source, such as a registry far away),
-    up to a few ms, so a slow stream does not wake us more often than it would anyway.
-    With a pipe smaller than 1 MiB it never pauses: the pipe would fill and stall skopeo.
-    """
-
-    SMALL = 256 * 1024
-    FIRST = 0.0002
-    LONGEST = 0.002
-
-    def __init__(self, pipe_size: int) -> None:
-        self._enabled = pipe_size >= PIPE_SIZE
-        self._pause = self.FIRST
-
-    def pause_after(self, moved: int) -> float:
-        """Seconds to wait before the next read, after one that moved ``moved`` bytes."""
-        if not self._enabled or moved <= 0:
-            return 0.0
-        if moved >= self.SMALL:
-            self._pause = self.FIRST
-            return 0.0
-        pause = self._pause
-        self._pause = min(pause * 2, self.LONGEST)
-        return pause
 
 
 class StreamEnds:
@@ -216,7 +127,7 @@ def _reply_fds(reply: Reply) -> Tuple[int, ...]:
     return ()
 
 
-def end_stream(ends: StreamEnds, retries: int) -> StreamOp:
+def end_stream(ends: StreamEnds, retries: int) -> Op[bool]:
     """Collect the stream's closing information and verify it.
 
     The result is True when the transfer was restarted (the reader reads on, from the new
@@ -228,14 +139,14 @@ def end_stream(ends: StreamEnds, retries: int) -> StreamOp:
         if stream.spec.kind is StreamKind.PIPE:
             ticket = ends.probe
             if ticket is None:
-                ticket = yield Submit("FinishPipe", (ends.pipe_id,))
+                ticket = yield from submit("FinishPipe", (ends.pipe_id,))
             try:
                 yield Wait(ticket)
             except RequestError as e:
                 error = e
             stream.finish_pipe_result(error)
         elif not stream.overflowed:
-            error = decode_raw_blob_error((yield ReadAll(ends.error_fd, ends.context())))
+            error = decode_raw_blob_error((yield from read_all(ends.error_fd, ends.context())))
             size = stream.size
             if error is None and size is not None and stream.received < size:
                 # short with no report: skopeo itself may have been killed mid-copy
@@ -252,17 +163,17 @@ def end_stream(ends: StreamEnds, retries: int) -> StreamOp:
     ):
         yield Sleep(backoff(ends.retries_used))
         ends.retries_used += 1
-        reply = yield Reopen(ends.method, ends.args)
+        reply = yield from reopen(ends.method, ends.args)
         ends._adopt(reply, stream.spec)
         skip, check = stream.begin_resume()
-        skipped = (yield Discard(ends.data_fd, skip, check)) if skip else 0
+        skipped = (yield from discard(ends.data_fd, skip, check)) if skip else 0
         stream.check_prefix(check, skipped)
         return True
     stream.check()
     return False
 
 
-def abandon_stream(ends: StreamEnds) -> StreamOp:
+def abandon_stream(ends: StreamEnds) -> Op[None]:
     """Close a stream before its end: our ends first (the writer sees EPIPE), then release
     its pipe in the proxy without waiting for the answer."""
     ends.close()
@@ -270,7 +181,7 @@ def abandon_stream(ends: StreamEnds) -> StreamOp:
         if ends.probe is not None:
             ends.probe.abandoned = True
         else:
-            yield Submit("FinishPipe", (ends.pipe_id,), abandoned=True)
+            yield from submit("FinishPipe", (ends.pipe_id,), abandoned=True)
 
 
 def first_wait(kind: StreamKind, probed: bool, stall_timeout: Optional[float]) -> Optional[float]:

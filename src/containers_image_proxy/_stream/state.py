@@ -9,14 +9,15 @@ the reads and the FinishPipe themselves.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
-from ._digest import Digest
-from ._errors import BlobVerificationError, ProtocolError, RequestError
-from ._protocol import MAX_JSON_INT
+from .._core.protocol import MAX_JSON_INT
+from .._digest import Digest
+from .._errors import BlobVerificationError, ProtocolError, RequestError
 
 
 class StreamKind(Enum):
@@ -38,7 +39,6 @@ class StreamSpec:
 
 # FinishPipe errors of GetBlob that mean "the bytes were wrong", as opposed to "could not get them"
 _VERIFY_TEXT = re.compile(r"corrupted blob|expected \d+ bytes in blob|digest|size mismatch", re.I)
-_EPIPE_TEXT = re.compile(r"broken pipe", re.I)
 
 
 class BlobStream:
@@ -50,7 +50,7 @@ class BlobStream:
     was wrong, and is to be called once the stream's closing information is in.
     """
 
-    def __init__(self, spec: StreamSpec, reported_size: Any) -> None:
+    def __init__(self, spec: StreamSpec, reported_size: object) -> None:
         if isinstance(reported_size, bool) or not isinstance(reported_size, int):
             raise ProtocolError(f"{spec.kind.value}: size is not an integer: {reported_size!r:.40}")
         if not -1 <= reported_size <= MAX_JSON_INT:
@@ -184,12 +184,12 @@ class BlobStream:
         """
         return self.received == 0 or self._hasher is not None
 
-    def begin_resume(self) -> Tuple[int, Any]:
+    def begin_resume(self) -> Tuple[int, hashlib._Hash]:
         """Forget the failure; returns how many bytes to skip and a hasher to check them."""
         self._error = None
         return self.received, self.spec.digest.hasher()
 
-    def check_prefix(self, check: Any, skipped: int) -> None:
+    def check_prefix(self, check: hashlib._Hash, skipped: int) -> None:
         """Compare the restarted stream's first bytes with those already handed out."""
         prefix = self._hasher.copy().digest() if self._hasher is not None else None
         if skipped != self.received or (prefix is not None and check.digest() != prefix):
@@ -201,7 +201,3 @@ class BlobStream:
     def failure(self) -> Optional[BaseException]:
         """The error recorded so far (before size and digest are checked)."""
         return self._error
-
-    def is_broken_pipe(self, error: RequestError) -> bool:
-        """Whether a FinishPipe error only reflects that we closed our end early."""
-        return error.error_code == "EPIPE" or _EPIPE_TEXT.search(error.message) is not None

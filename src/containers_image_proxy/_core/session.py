@@ -1,0 +1,134 @@
+"""What a front end knows without I/O: the session with one proxy, and the images it opened.
+
+:class:`Session` holds the proxy's version and configuration (the version gates of
+``_core.operations`` read it); :class:`OpenedImage` is the handle of an image opened in one
+proxy; :class:`FrontEnd` is what both front ends answer from these alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional, Protocol, Set, Union
+
+from .._config import ProxyConfig
+from .._errors import ConfigurationError, ProxyError
+from .._link import LinkBase
+from .._reference import ImageReference
+from .protocol import Feature, Version, format_version, has_feature, require_feature
+
+
+class ImageOwner(Protocol):
+    """The proxy an image was opened by (sync: ``close_image`` returns None; asyncio: a
+    coroutine)."""
+
+    def close_image(self, img: OpenedImage) -> object:
+        """Release ``img`` in the proxy."""
+
+
+class OpenedImage:
+    """An image opened in the proxy. Close it with ``close_image`` or use it as a context manager.
+
+    Example::
+
+        with proxy.open_image("docker://quay.io/fedora/fedora:latest") as img:
+            digest, manifest = proxy.fetch_manifest(img)
+    """
+
+    __slots__ = ("_closed", "_owner", "image_id", "reference")
+
+    def __init__(self, owner: ImageOwner, image_id: int, reference: ImageReference) -> None:
+        self._owner = owner
+        self.image_id = image_id
+        self.reference = reference
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close_image`` was called for this image."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<OpenedImage {self.image_id} {self.reference}{state}>"
+
+    def _closes_asynchronously(self) -> bool:
+        return inspect.iscoroutinefunction(self._owner.close_image)
+
+    def __enter__(self) -> OpenedImage:
+        if self._closes_asynchronously():
+            raise TypeError(f"{self!r} belongs to an asyncio proxy: use 'async with', not 'with'")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner.close_image(self)
+
+    async def __aenter__(self) -> OpenedImage:
+        if not self._closes_asynchronously():
+            raise TypeError(f"{self!r} belongs to a sync proxy: use a plain 'with'")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        closing = self._owner.close_image(self)
+        assert inspect.isawaitable(closing)
+        await closing
+
+
+class Session:
+    """What one connection knows, without I/O: version, configuration, the images open."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.version: Optional[Version] = None
+        # The ids of the images opened and not closed yet: closed before Shutdown, since
+        # skopeo (1.9.3) leaves an oci-archive's extracted copy behind for an image still open.
+        self.open_images: Set[int] = set()
+
+    @property
+    def protocol_version(self) -> str:
+        """The protocol version the proxy reported in Initialize."""
+        if self.version is None:
+            raise ProxyError("the proxy is not initialized")
+        return format_version(self.version)
+
+    def supports(self, feature: Union[Feature, str]) -> bool:
+        """Whether the connected proxy offers ``feature`` natively."""
+        if self.version is None:
+            raise ProxyError("the proxy is not initialized")
+        return has_feature(self.version, feature)
+
+    def require(self, feature: Feature, what: str) -> None:
+        """Raise :class:`ProxyTooOldError` unless the proxy offers ``feature``."""
+        assert self.version is not None
+        require_feature(self.version, feature, what)
+
+    def check_image(self, owner: object, img: OpenedImage) -> int:
+        """The id of ``img`` after checking it belongs to this proxy and is still open."""
+        if not isinstance(img, OpenedImage):
+            raise ConfigurationError(f"expected an OpenedImage, got {type(img).__name__}")
+        if img._owner is not owner:
+            raise ConfigurationError(f"{img!r} was opened by another proxy")
+        if img._closed:
+            raise ConfigurationError(f"{img!r} is closed")
+        return img.image_id
+
+
+class FrontEnd:
+    """What the sync and asyncio proxies share that involves no I/O."""
+
+    _config: ProxyConfig
+    _session: Session
+    _link: LinkBase
+
+    @property
+    def config(self) -> ProxyConfig:
+        """The configuration this proxy was started with."""
+        return self._config
+
+    @property
+    def protocol_version(self) -> str:
+        """The protocol version skopeo reported, for example ``"0.2.8"``."""
+        return self._session.protocol_version
+
+    def supports(self, feature: Union[Feature, str]) -> bool:
+        """Whether this skopeo offers ``feature`` natively (see :class:`Feature`)."""
+        return self._session.supports(feature)
