@@ -94,9 +94,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results = scan(client, config, args.references, args.pool_size)
     else:
         # threads_per_worker = pool size: each thread keeps one skopeo of the pool busy
-        with LocalCluster(
-            n_workers=args.workers, threads_per_worker=args.pool_size, processes=True
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=args.workers, threads_per_worker=args.pool_size, processes=True
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             results = scan(client, config, args.references, args.pool_size)
     for result in results:
         print(json.dumps(result, sort_keys=True))

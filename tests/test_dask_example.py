@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import make_config
 from testbed.images import LayoutBuilder, make_tar
 from testbed.registry import Registry
@@ -32,7 +33,9 @@ def _load_example():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def scanned_tags(tmp_path_factory: pytest.TempPathFactory, registry_plain: Registry) -> dict[str, str]:
+def scanned_tags(
+    tmp_path_factory: pytest.TempPathFactory, registry_plain: Registry
+) -> dict[str, str]:
     """TAGS images in the registry, each with its own os-release and dpkg status."""
     builder = LayoutBuilder(tmp_path_factory.mktemp("dask-layout"))
     expected = {}
@@ -59,15 +62,17 @@ def test_dask_scan_over_two_worker_processes(
     example = _load_example()
     config = make_config(skopeo_release, tls_verify=False)
     refs = sorted(scanned_tags)
-    with LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
-    ) as cluster, Client(cluster) as client:
-        client.run(sys.path.insert, 0, str(EXAMPLES))
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        # the workers import the example's module by name, as any shipped code: Dask's way
+        client.upload_file(str(EXAMPLES / "dask_scan.py"))
         results = example.scan(client, config, refs, pool_size=2)
         # every worker's pool is up and belongs to that worker process
-        sizes = client.run(
-            lambda dask_worker: dask_worker.plugins[example.PLUGIN_NAME].pool.size
-        )
+        sizes = client.run(lambda dask_worker: dask_worker.plugins[example.PLUGIN_NAME].pool.size)
         assert sorted(sizes.values()) == [2, 2]
     assert [r["reference"] for r in results] == refs
     for result in results:
