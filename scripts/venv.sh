@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-dev,docs}  # the other Pythons run only tests: EXTRAS=dev
+EXTRAS=${EXTRAS:-dev,docs,dask}  # the other Pythons run only tests: EXTRAS=dev
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
