@@ -358,13 +358,20 @@ def child_env(client_src: Optional[str]) -> dict[str, str]:
 
 
 def measure(
-    image: Image, conts: list[Contender], repeats: int, scratch: Path, env: dict[str, str]
+    image: Image,
+    conts: list[Contender],
+    repeats: int,
+    scratch: Path,
+    env: dict[str, str],
+    check_tree: Optional[Callable[[Path, Path], None]] = None,
 ) -> dict[str, list[Sample]]:
     """Every contender ``repeats`` times, alternating, after one untimed round; raises
-    UnpackFailed when one of them fails."""
+    UnpackFailed when one of them fails. ``check_tree(client's rootfs, umoci raw's)`` is
+    called on the trees of the untimed round."""
     results: dict[str, list[Sample]] = {c.name: [] for c in conts}
     for round_ in range(repeats + 1):  # round 0 warms the page cache and is not kept
         order = conts[round_ % len(conts) :] + conts[: round_ % len(conts)]
+        kept: dict[str, Path] = {}
         for c in order:
             dest = scratch / f"dest-{round_}-{c.name.replace(' ', '-')}"
             if c.name.startswith("umoci raw"):
@@ -374,20 +381,34 @@ def measure(
                 sample = run_measured(c.argv(image, dest), env)
             except RuntimeError as e:
                 raise UnpackFailed(c.name, e) from e
-            shutil.rmtree(dest)
+            if round_ == 0 and check_tree is not None and c.name in ("client", "umoci raw unpack"):
+                kept[c.name] = dest
+            else:
+                shutil.rmtree(dest)
             os.sync()
             if round_:
                 results[c.name].append(sample)
+        if kept and check_tree is not None:
+            try:
+                check_tree(kept["client"], kept["umoci raw unpack"] / "rootfs")
+            finally:
+                for dest in kept.values():
+                    shutil.rmtree(dest)
     return results
 
 
 def measure_in(
-    workdir: Path, image: Image, conts: list[Contender], repeats: int, env: dict[str, str]
+    workdir: Path,
+    image: Image,
+    conts: list[Contender],
+    repeats: int,
+    env: dict[str, str],
+    check_tree: Optional[Callable[[Path, Path], None]] = None,
 ) -> dict[str, list[Sample]]:
     """:func:`measure`, with destinations in a scratch directory of ``workdir`` (the same
-    filesystem as the image), removed afterwards."""
+    filesystem as the image, or a tmpfs given as ``workdir``), removed afterwards."""
     with tempfile.TemporaryDirectory(dir=workdir, prefix="dest-") as scratch:
-        return measure(image, conts, repeats, Path(scratch), env)
+        return measure(image, conts, repeats, Path(scratch), env, check_tree)
 
 
 def _status_kib(key: str) -> int:
