@@ -199,13 +199,14 @@ def main(argv: List[str]) -> int:
 
 
 def git_commit() -> str:
-    """The commit measured (with "+changes" when the tree has uncommitted ones)."""
+    """The commit measured (with "+changes" when the client or the bench has uncommitted
+    changes; the docs do not count)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "bench"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,

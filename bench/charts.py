@@ -8,11 +8,14 @@
   hashlib's rate and the rate of ``cat > new file`` (the write limit) as lines.
 
 matplotlib comes with the ``bench`` extra (``pip install -e '.[bench]'``); without it
-nothing is drawn and :func:`draw` says so.
+nothing is drawn and :func:`draw` says so. What they are drawn from is kept beside them
+(``plots.json``): ``python -m bench.charts DIR/plots.json DIR "TITLE"`` draws them again.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -20,6 +23,8 @@ from typing import Any, Dict, List
 def draw(plots: Dict[str, Any], out_dir: Path, title: str) -> List[str]:
     """Draw what ``plots`` holds into ``out_dir``; lines saying what was written (or why
     nothing was)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "plots.json").write_text(json.dumps({"title": title, "plots": plots}, indent=1))
     try:
         import matplotlib
 
@@ -48,7 +53,7 @@ def _plain_log2(ax: Any, ticks: List[float]) -> None:
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.set_xticklabels([f"{t:.0f}" if t >= 10 else f"{t:.2g}" for t in ticks])
 
 
 def _pools(plt: Any, plots: Dict[str, Any]) -> Any:
@@ -128,3 +133,16 @@ def _fetch(plt: Any, plots: Dict[str, Any]) -> Any:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def main(argv: List[str]) -> int:
+    """Draw the charts of a run again from its plots.json: ``FILE OUT_DIR [TITLE]``."""
+    saved = json.loads(Path(argv[0]).read_text())
+    title = argv[2] if len(argv) > 2 else saved["title"]
+    for line in draw(saved["plots"], Path(argv[1]), title):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -30,7 +30,7 @@ def _user(bench: Bench, release: Any, image: ImageInput, how: str, out: str) -> 
         "ref": image.ref,
         "how": how,
         "out": out,
-        "deadline": 2.0 if bench.s.smoke else ITER_DEADLINE,
+        "deadline": 1.0 if bench.s.smoke else ITER_DEADLINE,
     }
     return bench._workload(spec)
 
