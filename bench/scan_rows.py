@@ -92,7 +92,7 @@ def scan_rows(bench: Bench, release: Any, refs: Sequence[str]) -> None:
 
 
 def pool_sizes(smoke: bool, tags: int) -> List[int]:
-    sizes = [2, 4] if smoke else [2, 4, 8, 16, 32, 50]
+    sizes = [4] if smoke else [2, 4, 8, 16, 32, 50]
     return [s for s in sizes if s <= tags]
 
 

@@ -44,7 +44,7 @@ FILES_TARGET = 1.25
 RSS_TARGET_MIB = 64
 # the synthetic images, also the points of the chart: MiB of large files; 4 KiB files
 FULL_CURVES = ([32, 128, 512], [2500, 5000, 10000, 20000])
-SMOKE_CURVES = ([4, 16], [500, 2000])
+SMOKE_CURVES = ([4], [500, 2000])
 
 
 def unpack_sizes(smoke: bool) -> tuple[list[int], list[int]]:
