@@ -1,6 +1,6 @@
 """Benchmarks of containers-image-proxy against skopeo itself and against the limits of the
 machine. Run ``make bench`` (about 15 minutes on 2 cores) or ``make bench-smoke`` (tiny sizes,
-under a minute: it proves the suite runs and prints the same table, but its numbers mean
+about a minute: it proves the suite runs and prints the same table, but its numbers mean
 nothing).
 
 Every measure runs its contender and its baseline in the same run, interleaved, several
