@@ -1,8 +1,9 @@
 """``python -m bench``: build the inputs, run every measure, print the table.
 
 Options: ``--smoke`` (tiny sizes, one repetition: proves the suite runs), ``--repeats N``,
-``--only fetch,tags,relay,layers,unpack``, ``--workdir DIR`` (inputs are cached there;
-outputs are written there too), ``--client-src DIR`` (measure the client in
+``--only fetch,sizes,tags,pools,relay,scan,layers,engine,unpack``, ``--workdir DIR``
+(inputs are cached there; outputs are written there too), ``--charts DIR`` (where the PNG
+charts go: DIR/charts by default), ``--client-src DIR`` (measure the client in
 DIR/containers_image_proxy instead of the installed one, e.g. a patched copy),
 ``--markdown FILE`` (also write the table there). ``CIP_SKOPEO_RELEASES=1.22`` restricts
 the skopeo releases, as for the tests.
@@ -15,19 +16,24 @@ needs root and umoci; without them its row says what is missing. Its images are 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
+from bench.charts import draw
+from bench.engine_rows import engine_rows
 from bench.inputs import REPO_ROOT, RegistryWithTags, big_layers_image, disk_free, tags_layout
 from bench.measure import child_env, load_average, machine_lines
 from bench.relay import DelayRelay
 from bench.rows import Bench, Row, Settings
+from bench.scan_rows import pool_sweep, scan_rows
 from bench.unpack_rows import disk_needed, unpack_rows
+from bench.user_rows import fetch_size_rows, fetch_with_user_rows
 from testbed.releases import available_releases
 
-MEASURES = ("fetch", "tags", "relay", "layers", "unpack")
+MEASURES = ("fetch", "sizes", "tags", "pools", "relay", "scan", "layers", "engine", "unpack")
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -41,6 +47,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--relay-pool-size", type=int, default=16, help="pool behind the relay")
     p.add_argument("--relay-delay", type=float, default=0.010, help="seconds, each way")
     p.add_argument("--markdown", type=Path, default=None, help="write the table here too")
+    p.add_argument("--charts", type=Path, default=None, help="PNG charts here (WORKDIR/charts)")
     return p.parse_args(argv)
 
 
@@ -92,7 +99,9 @@ def main(argv: List[str]) -> int:
     )
     needed = 1 << 30
     if "fetch" in only:
-        needed += 2 * settings.big_size
+        needed += 3 * settings.big_size
+    if "sizes" in only:
+        needed += 2 * (336 << 20)
     if "layers" in only:
         needed += settings.layer_count * settings.layer_size
     if "unpack" in only:
@@ -102,6 +111,7 @@ def main(argv: List[str]) -> int:
         return 2
 
     machine = machine_lines(releases, workdir)
+    machine.append(f"commit: {git_commit()}")
     if args.client_src:
         machine.append(f"client measured from: {args.client_src}")
     print("\n".join(machine), flush=True)
@@ -123,11 +133,15 @@ def main(argv: List[str]) -> int:
                 while f.read(1 << 20):
                     pass
 
+    newest = releases[-1]
     if big is not None:
         print(f"fetch: one {big.layers[0].size >> 20} MiB layer", flush=True)
         for release in releases:
-            bench.fetch_rows(release, big)
-    if only & {"tags", "relay"}:
+            fetch_with_user_rows(bench, release, big, newest=release is newest)
+    if "sizes" in only:
+        print(f"sizes: fetch rate against blob size, skopeo {newest.name}", flush=True)
+        fetch_size_rows(bench, newest, workdir)
+    if only & {"tags", "relay", "pools", "scan"}:
         layout, tags = tags_layout(workdir, settings.tag_count)
         registry = RegistryWithTags(layout, tags, releases[-1].argv)
         print(f"pushing {len(tags)} tags to a local registry ...", flush=True)
@@ -138,18 +152,30 @@ def main(argv: List[str]) -> int:
                 print(f"tags: {len(tags)} images in a local registry", flush=True)
                 for release in releases:
                     bench.tags_rows(release, registry.refs())
-            if "relay" in only:
+            if "pools" in only:
+                print(f"pools: images/s against pool size, skopeo {newest.name}", flush=True)
+                pool_sweep(bench, newest, registry.refs(), relayed=False)
+            if only & {"relay", "pools"}:
                 delay = settings.relay_delay
                 with DelayRelay(("127.0.0.1", registry.port), delay) as relay:
                     print(f"relay: +{2000 * delay:g} ms per round trip", flush=True)
-                    for release in releases:
-                        bench.relay_rows(release, registry.refs(relay.port))
+                    if "relay" in only:
+                        for release in releases:
+                            bench.relay_rows(release, registry.refs(relay.port))
+                    if "pools" in only:
+                        pool_sweep(bench, newest, registry.refs(relay.port), relayed=True)
+            if "scan" in only:
+                print(f"scan: a scanner over {len(tags)} tags, skopeo {newest.name}", flush=True)
+                scan_rows(bench, newest, registry.refs())
         finally:
             registry.stop()
     if layers is not None:
         print(f"layers: {settings.layer_count} x {settings.layer_size >> 20} MiB", flush=True)
         for release in releases:
             bench.layers_rows(release, layers)
+    if "engine" in only:
+        print(f"engine: layer shapes that used to cost more, skopeo {newest.name}", flush=True)
+        engine_rows(bench, newest, workdir / "shapes")
     if "unpack" in only:
         # one release, the newest, as bench/bench_unpack.py does: what is measured is the
         # client's unpack, not how skopeo serves the blobs
@@ -165,7 +191,29 @@ def main(argv: List[str]) -> int:
     print("\n" + text)
     if args.markdown is not None:
         args.markdown.write_text(text)
+    commit = git_commit()
+    title = f"{'smoke run, numbers mean nothing; ' if smoke else ''}commit {commit}"
+    for line in draw(settings.plots, args.charts or workdir / "charts", title):
+        print(line)
     return 0
+
+
+def git_commit() -> str:
+    """The commit measured (with "+changes" when the client or the bench has uncommitted
+    changes; the docs do not count)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "bench"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -32,21 +32,17 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import platform
-import random
 import shutil
-import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the test bed: releases, the Debian image
@@ -54,37 +50,46 @@ sys.path.insert(0, str(REPO / "tests"))  # the test bed: releases, the Debian im
 from testbed.debian_image import build_debian_image, umoci_version  # noqa: E402
 from testbed.releases import SkopeoRelease, available_releases  # noqa: E402
 
-MiB = 1 << 20
-MEDIA_TYPE_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+if str(REPO) not in sys.path:  # run as a script: the bench package next to it
+    sys.path.insert(1, str(REPO))
+from bench.unpack_inputs import (  # noqa: E402
+    Image,
+    MiB,
+    big_input,
+    log,
+    many_files_input,
+    synthetic_input,
+    synthetic_inputs,
+)
+from bench.unpack_report import (  # noqa: E402
+    HEADER,
+    Summary,
+    _print_profile,
+    _profile_all_threads,
+    report,
+    summarize,
+)
+
+# used by bench.unpack_rows and by other scripts, from here as before
+__all__ = [
+    "HEADER",
+    "Image",
+    "MiB",
+    "Summary",
+    "big_input",
+    "many_files_input",
+    "report",
+    "summarize",
+    "synthetic_input",
+]
+
 # The synthetic images: the largest layer in MiB (a quarter of it too), and how many 4 KiB
 # files in the many-files one; in a full run, and in a smoke run.
 FULL_SIZES = (512, 20000)
 SMOKE_SIZES = (16, 2000)
 
 
-def log(msg: str) -> None:
-    print(f"[bench-unpack] {msg}", file=sys.stderr, flush=True)
-
-
 # --- inputs ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Image:
-    label: str
-    layout: Path
-    tag: str
-    layers: int
-    blob_bytes: int  # compressed, all layers
-    tar_bytes: int  # uncompressed, all layers
-
-    @property
-    def ref(self) -> str:
-        return f"oci:{self.layout}:{self.tag}"
-
-    @property
-    def umoci_image(self) -> str:
-        return f"{self.layout}:{self.tag}"
 
 
 def _layer_sizes(layout: Path, tag: str) -> tuple[int, int, int]:
@@ -131,146 +136,6 @@ def debian_input(workdir: Path, skopeo: SkopeoRelease) -> tuple[Image, dict[str,
         info["tar"],
     )
     return image_, seconds
-
-
-class _HashingWriter:
-    """A write-only file that hashes and counts what goes through it."""
-
-    def __init__(self, inner: IO[bytes]) -> None:
-        self.inner = inner
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        self.size += len(data)
-        return self.inner.write(data)
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-
-class _Content:
-    """Incompressible bytes at memory speed: slices of one random block at moving offsets
-    (a PRNG per byte would take longer than the benchmark itself)."""
-
-    BLOCK = 4 * MiB
-
-    def __init__(self, seed: int) -> None:
-        block = random.Random(seed).randbytes(self.BLOCK)
-        self.ring = block + block  # any slice of up to BLOCK bytes is contiguous
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        parts = []
-        while n > 0:
-            k = min(n, self.BLOCK)
-            parts.append(self.ring[self.pos : self.pos + k])
-            # An odd step: files do not repeat one another block for block.
-            self.pos = (self.pos + k + 4093) % self.BLOCK
-            n -= k
-        return b"".join(parts)
-
-    def reader(self, size: int) -> Any:
-        content = self
-
-        class Reader:
-            left = size
-
-            def read(self, n: int = -1) -> bytes:
-                n = self.left if n < 0 else min(n, self.left)
-                self.left -= n
-                return content.take(n)
-
-        return Reader()
-
-
-def synthetic_inputs(workdir: Path, big: int, many: int) -> list[Image]:
-    """The synthetic images: layers of ``big`` and ``big // 4`` MiB (none when 0), one of
-    ``many`` files of 4 KiB (none when 0). Built once, cached under ``workdir``."""
-    images = [big_input(workdir, mib) for mib in sorted({max(big // 4, 1), big} if big > 0 else ())]
-    if many > 0:
-        images.append(many_files_input(workdir, many))
-    return images
-
-
-def big_input(workdir: Path, mib: int) -> Image:
-    """One layer of ``mib`` MiB: a quarter in 4 files, the rest in 1 MiB files."""
-    sizes = [mib * MiB // 16] * 4 + [MiB] * (mib - mib // 4)
-    return synthetic_input(workdir, f"big-{mib}", f"synthetic, 1 layer of {mib} MiB", sizes)
-
-
-def many_files_input(workdir: Path, count: int) -> Image:
-    """One layer of ``count`` files of 4 KiB: what costs is the entries, not the bytes."""
-    label = f"synthetic, 1 layer of {count} files of 4 KiB"
-    return synthetic_input(workdir, f"files-{count}", label, [4096] * count)
-
-
-def synthetic_input(workdir: Path, key: str, label: str, sizes: list[int]) -> Image:
-    """One gzip layer holding files of ``sizes`` bytes, 100 to a directory. Written
-    streaming (never in memory) and cached in ``workdir/<key>``."""
-    where = workdir / key
-    ready = where / "ready.json"
-    if ready.exists():
-        info = json.loads(ready.read_text())
-        return Image(label, where / "oci", "big", 1, info["blob"], info["tar"])
-    shutil.rmtree(where, ignore_errors=True)
-    blobs = where / "oci" / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    log(f"writing the image: {label}")
-    content = _Content(len(sizes))
-    tmp = blobs / "layer.tmp"
-    with open(tmp, "wb") as out:
-        compressed = _HashingWriter(out)
-        # Level 1: the layer's content is incompressible anyway; mtime 0: stable digests.
-        gz_args: dict[str, Any] = {"fileobj": compressed, "compresslevel": 1, "mtime": 0}
-        with gzip.GzipFile(mode="wb", **gz_args) as gz:
-            raw = _HashingWriter(gz)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-                for i, size in enumerate(sizes):
-                    info = tarfile.TarInfo(f"data/{i // 100:03d}/file-{i:05d}.bin")
-                    info.size, info.mode, info.mtime = size, 0o644, 1_700_000_000
-                    tar.addfile(info, content.reader(size))
-    blob_digest = compressed.sha256.hexdigest()
-    tmp.rename(blobs / blob_digest)
-
-    def put(obj: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(obj, separators=(",", ":")).encode()
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
-    config = put(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {},
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{raw.sha256.hexdigest()}"]},
-        }
-    )
-    layer = {"mediaType": MEDIA_TYPE_GZIP, "digest": f"sha256:{blob_digest}"}
-    manifest = put(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-            "layers": [{**layer, "size": compressed.size}],
-        }
-    )
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                **manifest,
-                "annotations": {"org.opencontainers.image.ref.name": "big"},
-            }
-        ],
-    }
-    (where / "oci" / "index.json").write_text(json.dumps(index))
-    (where / "oci" / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    ready.write_text(json.dumps({"blob": compressed.size, "tar": raw.size}))
-    return Image(label, where / "oci", "big", 1, compressed.size, raw.size)
 
 
 # --- running ------------------------------------------------------------------------------
@@ -358,13 +223,20 @@ def child_env(client_src: Optional[str]) -> dict[str, str]:
 
 
 def measure(
-    image: Image, conts: list[Contender], repeats: int, scratch: Path, env: dict[str, str]
+    image: Image,
+    conts: list[Contender],
+    repeats: int,
+    scratch: Path,
+    env: dict[str, str],
+    check_tree: Optional[Callable[[Path, Path], None]] = None,
 ) -> dict[str, list[Sample]]:
     """Every contender ``repeats`` times, alternating, after one untimed round; raises
-    UnpackFailed when one of them fails."""
+    UnpackFailed when one of them fails. ``check_tree(client's rootfs, umoci raw's)`` is
+    called on the trees of the untimed round."""
     results: dict[str, list[Sample]] = {c.name: [] for c in conts}
     for round_ in range(repeats + 1):  # round 0 warms the page cache and is not kept
         order = conts[round_ % len(conts) :] + conts[: round_ % len(conts)]
+        kept: dict[str, Path] = {}
         for c in order:
             dest = scratch / f"dest-{round_}-{c.name.replace(' ', '-')}"
             if c.name.startswith("umoci raw"):
@@ -374,20 +246,34 @@ def measure(
                 sample = run_measured(c.argv(image, dest), env)
             except RuntimeError as e:
                 raise UnpackFailed(c.name, e) from e
-            shutil.rmtree(dest)
+            if round_ == 0 and check_tree is not None and c.name in ("client", "umoci raw unpack"):
+                kept[c.name] = dest
+            else:
+                shutil.rmtree(dest)
             os.sync()
             if round_:
                 results[c.name].append(sample)
+        if kept and check_tree is not None:
+            try:
+                check_tree(kept["client"], kept["umoci raw unpack"] / "rootfs")
+            finally:
+                for dest in kept.values():
+                    shutil.rmtree(dest)
     return results
 
 
 def measure_in(
-    workdir: Path, image: Image, conts: list[Contender], repeats: int, env: dict[str, str]
+    workdir: Path,
+    image: Image,
+    conts: list[Contender],
+    repeats: int,
+    env: dict[str, str],
+    check_tree: Optional[Callable[[Path, Path], None]] = None,
 ) -> dict[str, list[Sample]]:
     """:func:`measure`, with destinations in a scratch directory of ``workdir`` (the same
-    filesystem as the image), removed afterwards."""
+    filesystem as the image, or a tmpfs given as ``workdir``), removed afterwards."""
     with tempfile.TemporaryDirectory(dir=workdir, prefix="dest-") as scratch:
-        return measure(image, conts, repeats, Path(scratch), env)
+        return measure(image, conts, repeats, Path(scratch), env, check_tree)
 
 
 def _status_kib(key: str) -> int:
@@ -423,102 +309,6 @@ def child(ref: str, dest: str, skopeo_argv: list[str], profile: bool) -> None:
         "skopeo_maxrss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
     }
     print(json.dumps(result), flush=True)
-
-
-def _profile_all_threads() -> list[Any]:
-    """cProfile the main thread and every thread started from now on (the engine parses
-    in a thread of its own: a main-thread profile would miss all of that)."""
-    import cProfile
-    import threading
-
-    main = cProfile.Profile()
-    profiles = [main]
-    original = threading.Thread.run
-
-    def run(self: threading.Thread) -> None:
-        prof = cProfile.Profile()
-        try:
-            prof.enable()
-        except ValueError:  # Python 3.12+: one profiler at a time
-            original(self)
-            return
-        profiles.append(prof)
-        try:
-            original(self)
-        finally:
-            prof.disable()
-
-    threading.Thread.run = run  # type: ignore[method-assign]
-    main.enable()
-    return profiles
-
-
-def _print_profile(profiles: list[Any]) -> None:
-    import io
-    import pstats
-
-    profiles[0].disable()
-    out = io.StringIO()
-    stats = pstats.Stats(profiles[0], stream=out)
-    for prof in profiles[1:]:
-        stats.add(prof)
-    stats.sort_stats("tottime").print_stats(25)
-    print(f"cProfile, {len(profiles)} threads merged (own time first):", file=sys.stderr)
-    print(out.getvalue(), file=sys.stderr)
-
-
-# --- report ---------------------------------------------------------------------------
-
-
-def _mib(kib: float) -> str:
-    return f"{kib / 1024:.0f} MiB"
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Medians of the wall times (seconds) and peaks of the RSS (KiB) of one image's runs."""
-
-    umoci: float  # umoci unpack
-    raw: float  # umoci raw unpack
-    client: float  # the client's whole process
-    in_unpack: float  # the client's open + unpack, inside its process
-    client_hwm_kib: int
-    client_growth_kib: int  # how much the client's RSS grew during the unpack
-    skopeo_rss_kib: int
-    umoci_rss_kib: int
-
-
-def summarize(results: dict[str, list[Sample]]) -> Summary:
-    med = {name: statistics.median(s.wall for s in samples) for name, samples in results.items()}
-    client = results["client"]
-    return Summary(
-        umoci=med["umoci unpack"],
-        raw=med["umoci raw unpack"],
-        client=med["client"],
-        in_unpack=statistics.median(s.extra["seconds"] for s in client),
-        client_hwm_kib=max(s.extra["hwm_kib"] for s in client),
-        client_growth_kib=max(s.extra["hwm_kib"] - s.extra["rss_before_kib"] for s in client),
-        skopeo_rss_kib=max(s.extra["skopeo_maxrss_kib"] for s in client),
-        umoci_rss_kib=max(s.maxrss_kib for s in results["umoci unpack"]),
-    )
-
-
-def report(image: Image, results: dict[str, list[Sample]]) -> list[str]:
-    s = summarize(results)
-    return [
-        f"| {image.label} | {image.tar_bytes / MiB:.0f} MiB ({image.blob_bytes / MiB:.0f} gz) "
-        f"| {s.umoci:.2f} s | {s.raw:.2f} s | {s.client:.2f} s ({s.in_unpack:.2f} in unpack) "
-        f"| **{s.client / s.umoci:.2f}** | {s.client / s.raw:.2f} "
-        f"| {_mib(s.client_hwm_kib)} (+{_mib(s.client_growth_kib)}) | {_mib(s.skopeo_rss_kib)} "
-        f"| {_mib(s.umoci_rss_kib)} |"
-    ]
-
-
-HEADER = [
-    "| image | tar (blob) | umoci unpack | umoci raw unpack | client (wall) "
-    "| client/umoci | client/raw | client peak RSS (growth) | skopeo RSS | umoci RSS |",
-    "|---|---|---|---|---|---|---|---|---|---|",
-]
 
 
 def machine(workdir: Path, skopeo: SkopeoRelease) -> list[str]:

@@ -146,18 +146,42 @@ def big_layers_image(workdir: Path, count: int, size: int, seed: int) -> ImageIn
     return image
 
 
+# What a scanner reads from every image (bench/scan_rows.py): in the bottom layer of each.
+SCANNED = ("/etc/os-release", "/var/lib/dpkg/status")
+
+
+def _dpkg_status(rng: random.Random, packages: int = 400) -> bytes:
+    """A dpkg status file of made-up packages, about 100 KiB as in a small Debian image."""
+    out = []
+    for i in range(packages):
+        out.append(
+            f"Package: pkg{i}-{rng.randrange(1 << 30):x}\nStatus: install ok installed\n"
+            f"Priority: optional\nInstalled-Size: {rng.randrange(10, 5000)}\n"
+            f"Version: {rng.randrange(1, 9)}.{rng.randrange(99)}-{rng.randrange(9)}\n"
+            f"Description: package {i} of the benchmark\n\n"
+        )
+    return "".join(out).encode()
+
+
 def tags_layout(workdir: Path, count: int) -> Tuple[Path, List[str]]:
-    """A layout of ``count`` small, distinct images tagged t000, t001 ... (cached)."""
-    path = workdir / f"layout-tags-{count}"
+    """A layout of ``count`` small, distinct images tagged t000, t001 ... (cached). Each has
+    two layers: a base with /etc/os-release and the dpkg status file, and 4 KiB of its own."""
+    path = workdir / f"layout-tags2-{count}"
     tags = [f"t{i:03d}" for i in range(count)]
     stamp = path / "bench-ready"
     if not stamp.exists():
         shutil.rmtree(path, ignore_errors=True)
         builder = LayoutBuilder(path)
         for i, tag in enumerate(tags):
-            data = random.Random(i).randbytes(4096)
-            layer = builder.add_blob(make_tar({f"etc/bench-{i}": data}), MEDIA_TYPE_LAYER)
-            _add_image(builder, tag, [BlobInfo("", layer["digest"], layer["size"])], tag)
+            rng = random.Random(i)
+            base = {
+                "etc/os-release": f'PRETTY_NAME="Bench Linux {i}"\nID=bench\n'.encode(),
+                "var/lib/dpkg/status": _dpkg_status(rng),
+            }
+            own = {f"etc/bench-{i}": rng.randbytes(4096)}
+            blobs = [builder.add_blob(make_tar(files), MEDIA_TYPE_LAYER) for files in (base, own)]
+            infos = [BlobInfo("", b["digest"], b["size"]) for b in blobs]
+            _add_image(builder, tag, infos, tag)
         stamp.write_text("ok")
     return path, tags
 

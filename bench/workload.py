@@ -30,6 +30,7 @@ except ImportError:  # not exported from the package root yet
 
 from bench.measure import process_cpu
 from bench.rawclient import BareProxy
+from bench.user_workloads import USER_WORKLOADS
 
 BUF = 1 << 20
 PIPE = "|pipe"  # the "out" of a fetch into a pipe rather than a file
@@ -303,6 +304,7 @@ WORKLOADS: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
     "fetch": run_fetch,
     "tags": run_tags,
     "layers": run_layers,
+    **USER_WORKLOADS,
 }
 
 
