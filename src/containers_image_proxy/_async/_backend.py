@@ -48,6 +48,8 @@ from .._link import LinkBase
 from .._process import SkopeoProcess
 from .._stream.state import BlobStream
 from .._transport import READ_CHUNK, peer_closed, receive_reply
+from ._opening import Opening as Opening  # what get_blob returns, for the shared source
+from ._opening import opening as opening
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -129,11 +131,12 @@ class Link(LinkBase):
         self, method: str, args: Tuple[Arg, ...], exempt: bool = False, abandoned: bool = False
     ) -> Ticket:
         """Send a request now (or as soon as the socket takes it); its ticket."""
+        self.check_usable()
         if self._conn.failure is not None:
-            raise self._conn.failure
+            raise self._conn.failure.with_traceback(None)
         process = self.process
         if self.closed or process is None:
-            raise ProxyClosedError("the proxy is closed" if self.closed else "not started")
+            raise ProxyClosedError("the proxy is closed")
         data, ticket = self._conn.request(method, args, exempt=exempt)
         ticket.abandoned = abandoned
         if not abandoned:

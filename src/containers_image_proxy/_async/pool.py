@@ -21,6 +21,11 @@ from . import _backend as backend
 from .proxy import AsyncImageProxy
 from .reader import AsyncBlobReader
 
+_NOT_STARTED = (
+    "the pool is not started: use 'async with AsyncProxyPool(config) as pool:' or "
+    "'pool = await AsyncProxyPool.start(config)' (a ProxyPool starts when constructed)"
+)
+
 
 async def _close_quietly(member: Optional[AsyncImageProxy]) -> None:
     """Close a member taken out of service; its failure was or will be reported elsewhere."""
@@ -134,7 +139,7 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
             started = self._members.started()
         if not started:
             raise ProxyClosedError(
-                "the pool is not started" if not self._started else "the pool has no running proxy"
+                _NOT_STARTED if not self._started else "the pool has no running proxy"
             )
         return started[0]
 
@@ -143,7 +148,7 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
         if member is not None and usable(member):
             return member
         if self._slot_locks is None:
-            raise ProxyClosedError("the pool is not started")
+            raise ProxyClosedError(_NOT_STARTED)
         # one caller replaces a failed member; others wanting the same slot wait for it
         async with self._slot_locks[slot]:
             member = self._members.slots[slot]
@@ -232,25 +237,35 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
         """See :meth:`AsyncImageProxy.get_layer_info`."""
         return await self._owner(img).get_layer_info(img)
 
-    async def get_blob(
-        self, img: OpenedImage, digest: Union[str, Digest], size: int
+    def get_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int] = None
+    ) -> backend.Opening[AsyncBlobReader]:
+        """See :meth:`AsyncImageProxy.get_blob` (``async with`` or ``await``)."""
+        return backend.opening(self._get_blob(img, digest, size))
+
+    async def _get_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int]
     ) -> AsyncBlobReader:
-        """See :meth:`AsyncImageProxy.get_blob`."""
         return await self._owner(img).get_blob(img, digest, size)
 
-    async def get_descriptor(
+    def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
-    ) -> AsyncBlobReader:
-        """See :meth:`AsyncImageProxy.get_descriptor`."""
-        return await self._owner(img).get_descriptor(img, descriptor)
+    ) -> backend.Opening[AsyncBlobReader]:
+        """See :meth:`AsyncImageProxy.get_descriptor` (``async with`` or ``await``)."""
+        return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
-    async def get_raw_blob(
+    def get_raw_blob(
         self,
         img: OpenedImage,
         digest: Union[str, Digest],
         size: Optional[int] = None,
         *,
         verify: bool = False,
+    ) -> backend.Opening[AsyncBlobReader]:
+        """See :meth:`AsyncImageProxy.get_raw_blob` (``async with`` or ``await``)."""
+        return backend.opening(self._get_raw_blob(img, digest, size, verify))
+
+    async def _get_raw_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int], verify: bool
     ) -> AsyncBlobReader:
-        """See :meth:`AsyncImageProxy.get_raw_blob`."""
         return await self._owner(img).get_raw_blob(img, digest, size, verify=verify)

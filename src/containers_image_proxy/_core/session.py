@@ -8,10 +8,11 @@ proxy; :class:`FrontEnd` is what both front ends answer from these alone.
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Protocol, Set, Union
+from typing import Dict, Optional, Protocol, Set, Union
 
 from .._config import ProxyConfig
-from .._errors import ConfigurationError, ProxyError
+from .._digest import Digest
+from .._errors import NOT_STARTED, ConfigurationError, ProxyError
 from .._link import LinkBase
 from .._reference import ImageReference
 from .protocol import Feature, Version, format_version, has_feature, require_feature
@@ -82,18 +83,26 @@ class Session:
         # The ids of the images opened and not closed yet: closed before Shutdown, since
         # skopeo (1.9.3) leaves an oci-archive's extracted copy behind for an image still open.
         self.open_images: Set[int] = set()
+        # Per open image, the size of each blob its manifest references (config and
+        # layers), read once when get_blob is first called without a size.
+        self.blob_sizes: Dict[int, Dict[Digest, int]] = {}
+
+    def forget_image(self, image_id: int) -> None:
+        """An image is closed: drop what was recorded about it."""
+        self.open_images.discard(image_id)
+        self.blob_sizes.pop(image_id, None)
 
     @property
     def protocol_version(self) -> str:
         """The protocol version the proxy reported in Initialize."""
         if self.version is None:
-            raise ProxyError("the proxy is not initialized")
+            raise ProxyError(NOT_STARTED)
         return format_version(self.version)
 
     def supports(self, feature: Union[Feature, str]) -> bool:
         """Whether the connected proxy offers ``feature`` natively."""
         if self.version is None:
-            raise ProxyError("the proxy is not initialized")
+            raise ProxyError(NOT_STARTED)
         return has_feature(self.version, feature)
 
     def require(self, feature: Feature, what: str) -> None:
@@ -123,6 +132,14 @@ class FrontEnd:
     def config(self) -> ProxyConfig:
         """The configuration this proxy was started with."""
         return self._config
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The process id of this proxy's skopeo (for monitoring), or None when it is not
+        running: not started yet, closed, or ended after a failure (skopeo is then killed).
+        In a forked child it is still the parent's skopeo, which the child may not use."""
+        process = self._link.process
+        return process.pid if process is not None and self._link.usable else None
 
     @property
     def protocol_version(self) -> str:

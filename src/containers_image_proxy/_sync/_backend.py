@@ -110,12 +110,12 @@ class Link(LinkBase):
         self, method: str, args: Tuple[Arg, ...], exempt: bool = False, abandoned: bool = False
     ) -> Ticket:
         """Send a request now; its ticket."""
+        self.check_usable()  # before the lock: in a forked child it may be held for good
         with self._cond:
             if self.closed and self._conn.failure is None:
                 raise ProxyClosedError("the proxy is closed")
             process = self.process
-            if process is None:
-                raise ProxyClosedError("not started")
+            assert process is not None
             data, ticket = self._conn.request(method, args, exempt=exempt)
             ticket.abandoned = abandoned
             try:
@@ -317,3 +317,8 @@ class ReaderBase(io.BufferedIOBase):
         n = self._read_once(buf)
         del buf[n:]
         return bytes(buf)
+
+
+def opening(reader: T) -> T:
+    """The reader itself (the asyncio front end wraps it for ``await`` and ``async with``)."""
+    return reader

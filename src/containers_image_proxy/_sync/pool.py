@@ -23,6 +23,11 @@ from . import _backend as backend
 from .proxy import ImageProxy
 from .reader import BlobReader
 
+_NOT_STARTED = (
+    "the pool is not started: use 'with ProxyPool(config) as pool:' or "
+    "'pool = ProxyPool.start(config)' (a ProxyPool starts when constructed)"
+)
+
 
 def _close_quietly(member: Optional[ImageProxy]) -> None:
     """Close a member taken out of service; its failure was or will be reported elsewhere."""
@@ -136,7 +141,7 @@ class ProxyPool(PoolFront[ImageProxy]):
             started = self._members.started()
         if not started:
             raise ProxyClosedError(
-                "the pool is not started" if not self._started else "the pool has no running proxy"
+                _NOT_STARTED if not self._started else "the pool has no running proxy"
             )
         return started[0]
 
@@ -145,7 +150,7 @@ class ProxyPool(PoolFront[ImageProxy]):
         if member is not None and usable(member):
             return member
         if self._slot_locks is None:
-            raise ProxyClosedError("the pool is not started")
+            raise ProxyClosedError(_NOT_STARTED)
         # one caller replaces a failed member; others wanting the same slot wait for it
         with self._slot_locks[slot]:
             member = self._members.slots[slot]
@@ -235,16 +240,21 @@ class ProxyPool(PoolFront[ImageProxy]):
         return self._owner(img).get_layer_info(img)
 
     def get_blob(
-        self, img: OpenedImage, digest: Union[str, Digest], size: int
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int] = None
     ) -> BlobReader:
-        """See :meth:`ImageProxy.get_blob`."""
+        """See :meth:`ImageProxy.get_blob` (``with`` or ``await``)."""
+        return backend.opening(self._get_blob(img, digest, size))
+
+    def _get_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int]
+    ) -> BlobReader:
         return self._owner(img).get_blob(img, digest, size)
 
     def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
     ) -> BlobReader:
-        """See :meth:`ImageProxy.get_descriptor`."""
-        return self._owner(img).get_descriptor(img, descriptor)
+        """See :meth:`ImageProxy.get_descriptor` (``with`` or ``await``)."""
+        return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
     def get_raw_blob(
         self,
@@ -254,5 +264,10 @@ class ProxyPool(PoolFront[ImageProxy]):
         *,
         verify: bool = False,
     ) -> BlobReader:
-        """See :meth:`ImageProxy.get_raw_blob`."""
+        """See :meth:`ImageProxy.get_raw_blob` (``with`` or ``await``)."""
+        return backend.opening(self._get_raw_blob(img, digest, size, verify))
+
+    def _get_raw_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int], verify: bool
+    ) -> BlobReader:
         return self._owner(img).get_raw_blob(img, digest, size, verify=verify)
