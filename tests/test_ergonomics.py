@@ -15,6 +15,7 @@ from typing import Any, Iterator, List
 import pytest
 
 import containers_image_proxy
+from conftest import make_config
 from containers_image_proxy import (
     AsyncImageProxy,
     AsyncProxyPool,
@@ -28,7 +29,6 @@ from containers_image_proxy import (
     ProxyPool,
     RequestError,
 )
-from conftest import make_config
 from testbed.fronts import open_proxy
 from testbed.images import LayoutBuilder, Layouts, corrupt_blob, random_layer, truncate_blob
 from testbed.releases import SkopeoRelease
@@ -246,7 +246,7 @@ def test_an_unstarted_async_proxy_says_how_to_start_it(
         with pytest.raises(ProxyClosedError, match=r"async with.*AsyncImageProxy\.start"):
             await proxy.open_image(layouts.ref("small"))
         with pytest.raises(ProxyError, match="async with"):
-            proxy.protocol_version
+            _ = proxy.protocol_version
         pool = AsyncProxyPool(config, size=1)
         with pytest.raises(ProxyClosedError, match=r"async with.*AsyncProxyPool\.start"):
             await pool.open_image(layouts.ref("small"))
