@@ -402,11 +402,17 @@ class ReaderBase:
         raise NotImplementedError
 
     async def readinto(self, b: WriteableBuffer) -> int:
-        """Read once into a writable buffer; 0 at the end (after verification)."""
+        """Read once into a writable buffer; 0 at the end (after verification).
+
+        The read that reaches the end raises :class:`BlobVerificationError` for a wrong
+        blob, or the :class:`RequestError` skopeo reported (docs/concepts.md says which,
+        per release); ``ValueError`` once closed."""
         return await self._read_once(b)
 
     async def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes (all that is left when negative); b"" at the end."""
+        """Read up to ``size`` bytes (all that is left when negative); b"" at the end.
+
+        Raises as :meth:`readinto` does."""
         if size < 0:
             parts: List[bytes] = []
             while part := await self.read(READ_CHUNK):

@@ -61,7 +61,7 @@ class AsyncImageProxy(FrontEnd):
             img = await proxy.open_image("oci:/srv/layout:latest")
             async with img:
                 digest, manifest = await proxy.fetch_manifest(img)
-                async with await proxy.get_descriptor(img, manifest.layers[0]) as blob:
+                async with proxy.get_descriptor(img, manifest.layers[0]) as blob:
                     async for chunk in blob:
                         ...
     """

@@ -296,11 +296,17 @@ class ReaderBase(io.BufferedIOBase):
         return self._read_once(b)
 
     def readinto(self, b: WriteableBuffer) -> int:
-        """Fill ``b`` unless the blob ends first (file semantics: pipes return short reads)."""
+        """Fill ``b`` unless the blob ends first (file semantics: pipes return short reads).
+
+        The read that reaches the end raises :class:`BlobVerificationError` for a wrong
+        blob, or the :class:`RequestError` skopeo reported (docs/concepts.md says which,
+        per release); ``ValueError`` once closed."""
         return self._fill(b)
 
     def read(self, size: Optional[int] = -1) -> bytes:
-        """Read ``size`` bytes (fewer only at the end), or everything left when negative."""
+        """Read ``size`` bytes (fewer only at the end), or everything left when negative.
+
+        Raises as :meth:`readinto` does."""
         if size is None or size < 0:
             parts: List[bytes] = []
             while part := self.read1(READ_CHUNK):

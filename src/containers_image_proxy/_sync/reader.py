@@ -261,7 +261,9 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
             self._ended = True
 
     def close(self) -> None:
-        """Close the stream. If every byte was read, this verifies and may raise."""
+        """Close the stream. If every byte was read, this verifies and may raise
+        :class:`BlobVerificationError` (or the :class:`RequestError` skopeo reported at the
+        end); closed early, it never does."""
         if self.closed:
             return
         try:
