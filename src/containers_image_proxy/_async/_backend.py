@@ -16,6 +16,8 @@ it calls these names, and ``_sync/_backend.py`` offers the same ones for threads
 - :func:`settle`, :func:`state_lock`, :func:`new_slot_lock`, :func:`start_in_init`: the pool
   runs members concurrently with ``gather``; the loop serialises its bookkeeping.
 - :class:`ReaderBase`: the asyncio reader's own read methods (``read(n)`` is one read).
+- :func:`opening` (``_opening.py``): what ``get_blob`` returns, awaitable and an async context
+  manager.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ names, which ``_async/_backend.py`` offers for the event loop:
   starts and closes members on helper threads and guards its bookkeeping with locks.
 - :class:`ReaderBase`: the binary file object's methods (``read(n)`` fills, ``read1`` and
   ``readinto1`` read once).
+- :func:`opening`: ``get_blob`` returns the reader itself.
 """
 
 from __future__ import annotations
