@@ -240,18 +240,33 @@ def test_a_failed_open_has_a_short_traceback(front: str, config: ProxyConfig) ->
 def test_an_unstarted_async_proxy_says_how_to_start_it(
     config: ProxyConfig, layouts: Layouts, no_leaks: None
 ) -> None:
+    """The message names both ways; ``await proxy.start()`` starts that very proxy (the
+    classmethod form still makes a new one)."""
+    hint = r"'async with proxy:' or 'await proxy.start\(\)'"
+
     async def main() -> None:
         proxy = AsyncImageProxy(config)
         assert proxy.pid is None
-        with pytest.raises(ProxyClosedError, match=r"async with.*AsyncImageProxy\.start"):
+        with pytest.raises(ProxyClosedError, match=hint):
             await proxy.open_image(layouts.ref("small"))
-        with pytest.raises(ProxyError, match="async with"):
+        with pytest.raises(ProxyError, match=hint):
             _ = proxy.protocol_version
-        pool = AsyncProxyPool(config, size=1)
-        with pytest.raises(ProxyClosedError, match=r"async with.*AsyncProxyPool\.start"):
-            await pool.open_image(layouts.ref("small"))
+        assert await proxy.start() is proxy
+        assert await proxy.start() is proxy  # once started, start() changes nothing
+        pid = proxy.pid
+        async with await proxy.open_image(layouts.ref("small")) as img:
+            assert (await proxy.fetch_manifest(img))[0] == layouts.small.manifest_digest
+        assert proxy.pid == pid
         await proxy.close()
-        await pool.close()
+        pool = AsyncProxyPool(config, size=1)
+        with pytest.raises(ProxyClosedError, match=r"'async with pool:' or 'await pool.start"):
+            await pool.open_image(layouts.ref("small"))
+        assert await pool.start() is pool
+        async with pool, await pool.open_image(layouts.ref("small")) as img:
+            assert (await pool.fetch_manifest(img))[0] == layouts.small.manifest_digest
+        other = await AsyncImageProxy.start(config)
+        assert isinstance(other, AsyncImageProxy) and other.pid is not None
+        await other.close()
 
     asyncio.run(main())
 

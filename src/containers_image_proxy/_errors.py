@@ -14,8 +14,9 @@ E = TypeVar("E", bound=BaseException)
 
 #: What using a proxy that was never started says: how to start one.
 NOT_STARTED = (
-    "the proxy is not started: use 'async with AsyncImageProxy(config) as proxy:' or "
-    "'proxy = await AsyncImageProxy.start(config)' (an ImageProxy starts when constructed)"
+    "the proxy is not started: use 'async with proxy:' or 'await proxy.start()' (or make "
+    "a started one with 'await AsyncImageProxy.start(config)'); an ImageProxy starts when "
+    "constructed"
 )
 
 

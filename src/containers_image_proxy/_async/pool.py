@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple, Union
 
 from .. import _catalog as catalog
 from .._config import ProxyConfig
-from .._core.session import OpenedImage
+from .._core.session import OpenedImage, start_on_instances
 from .._errors import ProxyClosedError, ProxyError, unless_already_failing
 from .._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from .._pooling import DEFAULT_SIZE, Members, PoolFront, raise_collected, usable
@@ -22,8 +22,9 @@ from .proxy import AsyncImageProxy
 from .reader import AsyncBlobReader
 
 _NOT_STARTED = (
-    "the pool is not started: use 'async with AsyncProxyPool(config) as pool:' or "
-    "'pool = await AsyncProxyPool.start(config)' (a ProxyPool starts when constructed)"
+    "the pool is not started: use 'async with pool:' or 'await pool.start()' (or make a "
+    "started one with 'await AsyncProxyPool.start(config)'); a ProxyPool starts when "
+    "constructed"
 )
 
 
@@ -68,8 +69,14 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
     async def start(
         cls, config: Optional[ProxyConfig] = None, size: int = DEFAULT_SIZE
     ) -> AsyncProxyPool:
-        """A started pool: every member started (at once)."""
-        self = cls(config, size)
+        """A started pool: every member started (at once).
+
+        ``pool = await AsyncProxyPool.start(config, size)`` makes one; ``await pool.start()``
+        on a pool constructed but not started starts that one (and returns it).
+        """
+        return await cls(config, size)._started_pool()
+
+    async def _started_pool(self) -> AsyncProxyPool:
         if not self._started:
             await self._start()
         return self
@@ -91,9 +98,7 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
             self._members.install(slot, member)
 
     async def __aenter__(self) -> AsyncProxyPool:
-        if not self._started:
-            await self._start()
-        return self
+        return await self._started_pool()
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
         with unless_already_failing(exc_type):
@@ -269,3 +274,6 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
         self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int], verify: bool
     ) -> AsyncBlobReader:
         return await self._owner(img).get_raw_blob(img, digest, size, verify=verify)
+
+
+start_on_instances(AsyncProxyPool, "_started_pool")

@@ -34,7 +34,7 @@ from .._core.actions import (
     drive_async,
 )
 from .._core.protocol import Arg, MetadataBuffer, PipeReply, Reply, ValueReply
-from .._core.session import FrontEnd, OpenedImage, Session
+from .._core.session import FrontEnd, OpenedImage, Session, start_on_instances
 from .._errors import (
     ProtocolError,
     ProxyError,
@@ -76,8 +76,14 @@ class AsyncImageProxy(FrontEnd):
 
     @classmethod
     async def start(cls, config: Optional[ProxyConfig] = None) -> AsyncImageProxy:
-        """A started proxy: skopeo spawned and the connection initialized."""
-        self = cls(config)
+        """A started proxy: skopeo spawned and the connection initialized.
+
+        ``proxy = await AsyncImageProxy.start(config)`` makes one; ``await proxy.start()``
+        on a proxy constructed but not started starts that one (and returns it).
+        """
+        return await cls(config)._started()
+
+    async def _started(self) -> AsyncImageProxy:
         if self._link.process is None:
             await self._start()
         return self
@@ -92,9 +98,7 @@ class AsyncImageProxy(FrontEnd):
             raise
 
     async def __aenter__(self) -> AsyncImageProxy:
-        if self._link.process is None:
-            await self._start()
-        return self
+        return await self._started()
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
         with unless_already_failing(exc_type):
@@ -412,3 +416,6 @@ class AsyncImageProxy(FrontEnd):
         image_id = self._session.check_image(self, img)
         op = ops.get_raw_blob(self._session, image_id, digest, size, verify)
         return await self._open_reader(op)
+
+
+start_on_instances(AsyncImageProxy, "_started")

@@ -8,7 +8,7 @@ proxy; :class:`FrontEnd` is what both front ends answer from these alone.
 from __future__ import annotations
 
 import inspect
-from typing import Dict, Optional, Protocol, Set, Union
+from typing import Any, Callable, Dict, Optional, Protocol, Set, Union
 
 from .._config import ProxyConfig
 from .._digest import Digest
@@ -72,6 +72,35 @@ class OpenedImage:
         closing = self._owner.close_image(self)
         assert inspect.isawaitable(closing)
         await closing
+
+
+class _StartMethod:
+    """``start`` of a proxy or pool: on the class, the classmethod (a new started proxy);
+    on an instance, a call that starts that instance (``await proxy.start()``) instead of
+    making another one with the default configuration and leaving it unstarted."""
+
+    def __init__(self, on_class: "classmethod[Any, Any, Any]", starter: str) -> None:
+        self._on_class = on_class
+        self._starter = starter
+        self.__doc__ = on_class.__doc__
+
+    def __get__(self, obj: object, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self._on_class.__get__(None, owner)
+        started: Callable[[], Any] = getattr(obj, self._starter)
+
+        def start() -> Any:
+            """Start this one (if not started yet) and return it."""
+            return started()
+
+        return start
+
+
+def start_on_instances(cls: type, starter: str) -> None:
+    """Let ``cls.start``, a classmethod, also start an instance: ``obj.start()`` runs
+    ``obj.<starter>()`` (type checkers see the classmethod, whose call without arguments
+    types the same)."""
+    setattr(cls, "start", _StartMethod(vars(cls)["start"], starter))  # noqa: B010 (mypy: a type)
 
 
 class Session:

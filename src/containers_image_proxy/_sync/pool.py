@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple, Union
 
 from .. import _catalog as catalog
 from .._config import ProxyConfig
-from .._core.session import OpenedImage
+from .._core.session import OpenedImage, start_on_instances
 from .._errors import ProxyClosedError, ProxyError, unless_already_failing
 from .._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from .._pooling import DEFAULT_SIZE, Members, PoolFront, raise_collected, usable
@@ -24,8 +24,9 @@ from .proxy import ImageProxy
 from .reader import BlobReader
 
 _NOT_STARTED = (
-    "the pool is not started: use 'with ProxyPool(config) as pool:' or "
-    "'pool = ProxyPool.start(config)' (a ProxyPool starts when constructed)"
+    "the pool is not started: use 'with pool:' or 'pool.start()' (or make a "
+    "started one with 'ProxyPool.start(config)'); a ProxyPool starts when "
+    "constructed"
 )
 
 
@@ -70,8 +71,14 @@ class ProxyPool(PoolFront[ImageProxy]):
     def start(
         cls, config: Optional[ProxyConfig] = None, size: int = DEFAULT_SIZE
     ) -> ProxyPool:
-        """A started pool: every member started (at once)."""
-        self = cls(config, size)
+        """A started pool: every member started (at once).
+
+        ``pool = ProxyPool.start(config, size)`` makes one; ``pool.start()``
+        on a pool constructed but not started starts that one (and returns it).
+        """
+        return cls(config, size)._started_pool()
+
+    def _started_pool(self) -> ProxyPool:
         if not self._started:
             self._start()
         return self
@@ -93,9 +100,7 @@ class ProxyPool(PoolFront[ImageProxy]):
             self._members.install(slot, member)
 
     def __enter__(self) -> ProxyPool:
-        if not self._started:
-            self._start()
-        return self
+        return self._started_pool()
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         with unless_already_failing(exc_type):
@@ -271,3 +276,6 @@ class ProxyPool(PoolFront[ImageProxy]):
         self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int], verify: bool
     ) -> BlobReader:
         return self._owner(img).get_raw_blob(img, digest, size, verify=verify)
+
+
+start_on_instances(ProxyPool, "_started_pool")

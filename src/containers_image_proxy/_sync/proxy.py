@@ -36,7 +36,7 @@ from .._core.actions import (
     drive,
 )
 from .._core.protocol import Arg, MetadataBuffer, PipeReply, Reply, ValueReply
-from .._core.session import FrontEnd, OpenedImage, Session
+from .._core.session import FrontEnd, OpenedImage, Session, start_on_instances
 from .._errors import (
     ProtocolError,
     ProxyError,
@@ -78,8 +78,14 @@ class ImageProxy(FrontEnd):
 
     @classmethod
     def start(cls, config: Optional[ProxyConfig] = None) -> ImageProxy:
-        """A started proxy: skopeo spawned and the connection initialized."""
-        self = cls(config)
+        """A started proxy: skopeo spawned and the connection initialized.
+
+        ``proxy = ImageProxy.start(config)`` makes one; ``proxy.start()``
+        on a proxy constructed but not started starts that one (and returns it).
+        """
+        return cls(config)._started()
+
+    def _started(self) -> ImageProxy:
         if self._link.process is None:
             self._start()
         return self
@@ -94,9 +100,7 @@ class ImageProxy(FrontEnd):
             raise
 
     def __enter__(self) -> ImageProxy:
-        if self._link.process is None:
-            self._start()
-        return self
+        return self._started()
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         with unless_already_failing(exc_type):
@@ -414,3 +418,6 @@ class ImageProxy(FrontEnd):
         image_id = self._session.check_image(self, img)
         op = ops.get_raw_blob(self._session, image_id, digest, size, verify)
         return self._open_reader(op)
+
+
+start_on_instances(ImageProxy, "_started")
