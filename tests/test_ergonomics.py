@@ -7,6 +7,7 @@ import asyncio
 import gc
 import os
 import pickle
+import signal
 import traceback
 import warnings
 from pathlib import Path
@@ -232,6 +233,21 @@ def test_a_failed_open_has_a_short_traceback(front: str, config: ProxyConfig) ->
     depths = [_frames(e) for e in errors]
     extra = 0 if front == "sync" else 4
     assert max(depths) <= 7 + extra, depths
+
+
+def test_a_dead_proxys_error_does_not_grow(front: str, config: ProxyConfig) -> None:
+    """Every call on a proxy whose skopeo died raises the same error object; its traceback
+    used to grow by the frames of each raise (11, 22, 33, 44 frames on the sync proxy)."""
+    proxy = open_proxy(front, config)
+    os.kill(proxy.pid, signal.SIGKILL)
+    depths = []
+    for _ in range(4):
+        with pytest.raises(ProxyError) as info:
+            proxy.open_image("oci:/nonexistent:x")
+        depths.append(_frames(info.value))
+    assert max(depths) <= depths[0] <= 11 + (0 if front == "sync" else 4), depths
+    proxy.close()  # the death was reported already: close() reaps quietly
+    assert proxy.pid is None
 
 
 # --- 4. and 5. a proxy not started; the pid -----------------------------------------------
