@@ -37,6 +37,8 @@ SUBSTITUTIONS = [
     (r"\b__anext__\b", "__next__"),
     (r"\bStopAsyncIteration\b", "StopIteration"),
     (r"\bdrive_async\b", "drive"),
+    # an awaitable context manager in asyncio; the reader itself in the sync front end
+    (r"\bbackend\.Opening\[(\w+)\]", r"\1"),
     (r"\b(list_tags|fetch_index)_async\b", r"\1"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAsync(ImageProxy|BlobReader|ProxyPool)\b", r"\1"),

@@ -203,10 +203,75 @@ def test_get_blob_rejects_malformed_digests_before_sending(digest: Any) -> None:
     assert script.actions == []
 
 
-@pytest.mark.parametrize("size", [-1, "10", None, 1.0, True])
+@pytest.mark.parametrize("size", [-1, "10", 1.0, True])
 def test_get_blob_rejects_bad_sizes(size: Any) -> None:
     with pytest.raises(ConfigurationError):
         Script().run(ops.get_blob(session((0, 2, 8)), 1, DIGEST, size))
+
+
+LAYER = "sha256:" + "cd" * 32
+
+
+def _manifest(config_size: int, layer_size: int) -> Tuple[str, bytes]:
+    body = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": DIGEST,
+            "size": config_size,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": LAYER,
+                "size": layer_size,
+            }
+        ],
+    }
+    return "sha256:" + "ef" * 32, json.dumps(body).encode()
+
+
+def test_get_blob_without_size_reads_it_from_the_manifest_once() -> None:
+    """Before 0.2.8 GetBlob needs the size: it comes from the manifest, read once per image
+    (config and layers), and is forgotten when the image is closed."""
+    s = session((0, 2, 6))
+    s.open_images.add(1)
+    script = Script(_manifest(123, 4567), "reader")
+    assert script.run(ops.get_blob(s, 1, LAYER, None)) == "reader"
+    manifest, first = script.actions
+    assert isinstance(manifest, actions.CallPiped) and manifest.method == "GetManifest"
+    assert isinstance(first, actions.OpenStream) and first.args == (1, LAYER, 4567)
+    script = Script("reader")  # the manifest is not read again
+    assert script.run(ops.get_blob(s, 1, DIGEST, None)) == "reader"
+    (second,) = script.actions
+    assert isinstance(second, actions.OpenStream) and second.args == (1, DIGEST, 123)
+    assert second.spec.expected_size == 123
+    # a digest the manifest does not reference: no request, a clear error
+    script = Script()
+    ref = ImageReference.parse("oci:/l:t")
+    with pytest.raises(ConfigurationError, match=r"neither the config nor a layer of oci:/l:t"):
+        script.run(ops.get_blob(s, 1, "sha256:" + "00" * 32, None, ref))
+    assert script.actions == []
+    Script(None).run(ops.close_image(s, 1))
+    assert s.blob_sizes == {}
+
+
+def test_get_blob_without_size_on_0_2_8_takes_skopeos() -> None:
+    """GetRawBlob reports the size: no manifest is read; a size already recorded from the
+    manifest is still checked."""
+    s = session((0, 2, 8))
+    s.open_images.add(1)
+    script = Script("reader")
+    script.run(ops.get_blob(s, 1, LAYER, None))
+    (action,) = script.actions
+    assert isinstance(action, actions.OpenStream) and action.method == "GetRawBlob"
+    assert action.spec.expected_size is None and action.spec.verify
+    s.blob_sizes[1] = {Digest(LAYER): 9}
+    script = Script("reader")
+    script.run(ops.get_blob(s, 1, LAYER, None))
+    (action,) = script.actions
+    assert isinstance(action, actions.OpenStream) and action.spec.expected_size == 9
 
 
 def test_get_raw_blob_needs_0_2_8() -> None:

@@ -111,3 +111,15 @@ __all__ = [
     "unpack",
     "unpack_async",
 ]
+
+
+def _show_public_paths() -> None:
+    # Tracebacks and reprs name an exception by its module: show the path users import it
+    # from (containers_image_proxy.RequestError), not the private module it is defined in.
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            obj.__module__ = __name__
+
+
+_show_public_paths()

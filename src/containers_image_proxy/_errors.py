@@ -8,11 +8,36 @@ stderr or replies, which skopeo itself keeps free of secrets, or from our own te
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional
+from typing import Any, ContextManager, Dict, Optional, Tuple, Type, TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+#: What using a proxy that was never started says: how to start one.
+NOT_STARTED = (
+    "the proxy is not started: use 'async with proxy:' or 'await proxy.start()' (or make "
+    "a started one with 'await AsyncImageProxy.start(config)'); an ImageProxy starts when "
+    "constructed"
+)
 
 
 class ProxyError(Exception):
-    """Base class of every error raised by containers_image_proxy."""
+    """Base class of every error raised by containers_image_proxy.
+
+    Every one pickles with its attributes (a worker process can send it back), whatever
+    its constructor takes.
+    """
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Exception's own reduce calls the class with ``args`` (the message alone), which
+        # most constructors here do not take
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: Type[E], args: Tuple[Any, ...], state: Dict[str, Any]) -> E:
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
 
 
 class ConfigurationError(ProxyError, ValueError):

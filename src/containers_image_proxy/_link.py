@@ -7,12 +7,13 @@ the process's lifetime and the bookkeeping around it are here, once.
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Optional
 
 from ._config import ProxyConfig
 from ._core.connection import Connection
-from ._errors import ProxyError, ProxyStalledError
+from ._errors import NOT_STARTED, ProxyClosedError, ProxyError, ProxyStalledError
 from ._process import SkopeoProcess
 from ._transport import new_receive_buffer
 
@@ -27,6 +28,8 @@ class LinkBase:
         self._conn = Connection(config.max_metadata_size)
         self._buf = new_receive_buffer()
         self._finalizer: Optional[weakref.finalize[[], object]] = None
+        #: the process that started skopeo: its socket and pipes are that process's
+        self.owner_pid: Optional[int] = None
 
     @property
     def usable(self) -> bool:
@@ -36,7 +39,38 @@ class LinkBase:
     def _adopt(self, process: SkopeoProcess, owner: object) -> None:
         """Take ``process`` on; it is killed and reaped if ``owner`` is dropped unclosed."""
         self.process = process
+        self.owner_pid = os.getpid()
         self._finalizer = weakref.finalize(owner, process.terminate_and_release)
+
+    @property
+    def forked(self) -> bool:
+        """Whether this is a forked child of the process that started skopeo."""
+        return self.owner_pid is not None and self.owner_pid != os.getpid()
+
+    def check_owner(self) -> None:
+        """Raise ProxyError in a forked child: a request sent or a pipe read from here would
+        interleave with the parent's on the same socket and pipes, and corrupt its session."""
+        if self.forked:
+            raise ProxyError(
+                f"this proxy was started by process {self.owner_pid} and is used in its "
+                f"forked child {os.getpid()}: its skopeo and socket belong to the parent. "
+                "Create a proxy (or pool) in the child; a ProxyConfig pickles"
+            )
+
+    def check_usable(self) -> None:
+        """Before a request: raise if this proxy is not this process's, or never started."""
+        self.check_owner()
+        if self.process is None and not self.closed:
+            raise ProxyClosedError(NOT_STARTED)
+
+    def disown(self) -> None:
+        """In a forked child: let the parent's skopeo be, closing only this process's copies
+        of the descriptors (the parent's stay open)."""
+        self.closed = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self.process is not None:
+            self.process.release()
 
     def _check_not_started(self) -> None:
         if self.process is not None:

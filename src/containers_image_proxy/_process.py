@@ -126,6 +126,7 @@ class SkopeoProcess:
         if config.user_agent_prefix is not None:
             supports_uap = "--user-agent-prefix" in skopeo_help(skopeo)
         self.debug = config.debug_enabled
+        self.owner_pid = os.getpid()
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         auth_fd: Optional[int] = None
@@ -210,7 +211,10 @@ class SkopeoProcess:
             return None
 
     def kill(self) -> None:
-        """SIGKILL skopeo (no-op once reaped) and reap it."""
+        """SIGKILL skopeo (no-op once reaped) and reap it; in a forked child, nothing: the
+        process is the parent's (a finalizer run at the child's exit must not end it)."""
+        if os.getpid() != self.owner_pid:
+            return
         if self.proc.returncode is None:
             try:
                 self.proc.kill()

@@ -130,12 +130,16 @@ class BlockingProxy:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.proxy, name)
-        if not inspect.iscoroutinefunction(attr):
+        if not inspect.ismethod(attr):
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
             args = tuple(a.img if isinstance(a, BlockingImage) else a for a in args)
-            return self._wrap(self._loop.run(attr(*args, **kwargs)))
+            result = attr(*args, **kwargs)
+            # coroutines, and what get_blob returns (awaitable, and an async context manager)
+            if inspect.isawaitable(result):
+                result = self._loop.run(result)
+            return self._wrap(result)
 
         return call
 

@@ -16,6 +16,8 @@ it calls these names, and ``_sync/_backend.py`` offers the same ones for threads
 - :func:`settle`, :func:`state_lock`, :func:`new_slot_lock`, :func:`start_in_init`: the pool
   runs members concurrently with ``gather``; the loop serialises its bookkeeping.
 - :class:`ReaderBase`: the asyncio reader's own read methods (``read(n)`` is one read).
+- :func:`opening` (``_opening.py``): what ``get_blob`` returns, awaitable and an async context
+  manager.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from .._link import LinkBase
 from .._process import SkopeoProcess
 from .._stream.state import BlobStream
 from .._transport import READ_CHUNK, peer_closed, receive_reply
+from ._opening import Opening as Opening  # what get_blob returns, for the shared source
+from ._opening import opening as opening
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -129,11 +133,12 @@ class Link(LinkBase):
         self, method: str, args: Tuple[Arg, ...], exempt: bool = False, abandoned: bool = False
     ) -> Ticket:
         """Send a request now (or as soon as the socket takes it); its ticket."""
+        self.check_usable()
         if self._conn.failure is not None:
-            raise self._conn.failure
+            raise self._conn.failure.with_traceback(None)
         process = self.process
         if self.closed or process is None:
-            raise ProxyClosedError("the proxy is closed" if self.closed else "not started")
+            raise ProxyClosedError("the proxy is closed")
         data, ticket = self._conn.request(method, args, exempt=exempt)
         ticket.abandoned = abandoned
         if not abandoned:
@@ -399,11 +404,17 @@ class ReaderBase:
         raise NotImplementedError
 
     async def readinto(self, b: WriteableBuffer) -> int:
-        """Read once into a writable buffer; 0 at the end (after verification)."""
+        """Read once into a writable buffer; 0 at the end (after verification).
+
+        The read that reaches the end raises :class:`BlobVerificationError` for a wrong
+        blob, or the :class:`RequestError` skopeo reported (docs/concepts.md says which,
+        per release); ``ValueError`` once closed."""
         return await self._read_once(b)
 
     async def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes (all that is left when negative); b"" at the end."""
+        """Read up to ``size`` bytes (all that is left when negative); b"" at the end.
+
+        Raises as :meth:`readinto` does."""
         if size < 0:
             parts: List[bytes] = []
             while part := await self.read(READ_CHUNK):

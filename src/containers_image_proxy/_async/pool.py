@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple, Union
 
 from .. import _catalog as catalog
 from .._config import ProxyConfig
-from .._core.session import OpenedImage
+from .._core.session import OpenedImage, start_on_instances
 from .._errors import ProxyClosedError, ProxyError, unless_already_failing
 from .._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from .._pooling import DEFAULT_SIZE, Members, PoolFront, raise_collected, usable
@@ -20,6 +20,12 @@ from .._reference import ImageReference
 from . import _backend as backend
 from .proxy import AsyncImageProxy
 from .reader import AsyncBlobReader
+
+_NOT_STARTED = (
+    "the pool is not started: use 'async with pool:' or 'await pool.start()' (or make a "
+    "started one with 'await AsyncProxyPool.start(config)'); a ProxyPool starts when "
+    "constructed"
+)
 
 
 async def _close_quietly(member: Optional[AsyncImageProxy]) -> None:
@@ -63,8 +69,14 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
     async def start(
         cls, config: Optional[ProxyConfig] = None, size: int = DEFAULT_SIZE
     ) -> AsyncProxyPool:
-        """A started pool: every member started (at once)."""
-        self = cls(config, size)
+        """A started pool: every member started (at once).
+
+        ``pool = await AsyncProxyPool.start(config, size)`` makes one; ``await pool.start()``
+        on a pool constructed but not started starts that one (and returns it).
+        """
+        return await cls(config, size)._started_pool()
+
+    async def _started_pool(self) -> AsyncProxyPool:
         if not self._started:
             await self._start()
         return self
@@ -86,9 +98,7 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
             self._members.install(slot, member)
 
     async def __aenter__(self) -> AsyncProxyPool:
-        if not self._started:
-            await self._start()
-        return self
+        return await self._started_pool()
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
         with unless_already_failing(exc_type):
@@ -134,7 +144,7 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
             started = self._members.started()
         if not started:
             raise ProxyClosedError(
-                "the pool is not started" if not self._started else "the pool has no running proxy"
+                _NOT_STARTED if not self._started else "the pool has no running proxy"
             )
         return started[0]
 
@@ -143,7 +153,7 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
         if member is not None and usable(member):
             return member
         if self._slot_locks is None:
-            raise ProxyClosedError("the pool is not started")
+            raise ProxyClosedError(_NOT_STARTED)
         # one caller replaces a failed member; others wanting the same slot wait for it
         async with self._slot_locks[slot]:
             member = self._members.slots[slot]
@@ -232,25 +242,38 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
         """See :meth:`AsyncImageProxy.get_layer_info`."""
         return await self._owner(img).get_layer_info(img)
 
-    async def get_blob(
-        self, img: OpenedImage, digest: Union[str, Digest], size: int
+    def get_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int] = None
+    ) -> backend.Opening[AsyncBlobReader]:
+        """See :meth:`AsyncImageProxy.get_blob` (``async with`` or ``await``)."""
+        return backend.opening(self._get_blob(img, digest, size))
+
+    async def _get_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int]
     ) -> AsyncBlobReader:
-        """See :meth:`AsyncImageProxy.get_blob`."""
         return await self._owner(img).get_blob(img, digest, size)
 
-    async def get_descriptor(
+    def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
-    ) -> AsyncBlobReader:
-        """See :meth:`AsyncImageProxy.get_descriptor`."""
-        return await self._owner(img).get_descriptor(img, descriptor)
+    ) -> backend.Opening[AsyncBlobReader]:
+        """See :meth:`AsyncImageProxy.get_descriptor` (``async with`` or ``await``)."""
+        return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
-    async def get_raw_blob(
+    def get_raw_blob(
         self,
         img: OpenedImage,
         digest: Union[str, Digest],
         size: Optional[int] = None,
         *,
         verify: bool = False,
+    ) -> backend.Opening[AsyncBlobReader]:
+        """See :meth:`AsyncImageProxy.get_raw_blob` (``async with`` or ``await``)."""
+        return backend.opening(self._get_raw_blob(img, digest, size, verify))
+
+    async def _get_raw_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int], verify: bool
     ) -> AsyncBlobReader:
-        """See :meth:`AsyncImageProxy.get_raw_blob`."""
         return await self._owner(img).get_raw_blob(img, digest, size, verify=verify)
+
+
+start_on_instances(AsyncProxyPool, "_started_pool")

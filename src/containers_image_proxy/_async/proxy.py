@@ -34,7 +34,7 @@ from .._core.actions import (
     drive_async,
 )
 from .._core.protocol import Arg, MetadataBuffer, PipeReply, Reply, ValueReply
-from .._core.session import FrontEnd, OpenedImage, Session
+from .._core.session import FrontEnd, OpenedImage, Session, start_on_instances
 from .._errors import (
     ProtocolError,
     ProxyError,
@@ -61,7 +61,7 @@ class AsyncImageProxy(FrontEnd):
             img = await proxy.open_image("oci:/srv/layout:latest")
             async with img:
                 digest, manifest = await proxy.fetch_manifest(img)
-                async with await proxy.get_descriptor(img, manifest.layers[0]) as blob:
+                async with proxy.get_descriptor(img, manifest.layers[0]) as blob:
                     async for chunk in blob:
                         ...
     """
@@ -76,8 +76,14 @@ class AsyncImageProxy(FrontEnd):
 
     @classmethod
     async def start(cls, config: Optional[ProxyConfig] = None) -> AsyncImageProxy:
-        """A started proxy: skopeo spawned and the connection initialized."""
-        self = cls(config)
+        """A started proxy: skopeo spawned and the connection initialized.
+
+        ``proxy = await AsyncImageProxy.start(config)`` makes one; ``await proxy.start()``
+        on a proxy constructed but not started starts that one (and returns it).
+        """
+        return await cls(config)._started()
+
+    async def _started(self) -> AsyncImageProxy:
         if self._link.process is None:
             await self._start()
         return self
@@ -92,9 +98,7 @@ class AsyncImageProxy(FrontEnd):
             raise
 
     async def __aenter__(self) -> AsyncImageProxy:
-        if self._link.process is None:
-            await self._start()
-        return self
+        return await self._started()
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
         with unless_already_failing(exc_type):
@@ -117,7 +121,14 @@ class AsyncImageProxy(FrontEnd):
 
     async def close(self) -> None:
         """Close the images still open, send Shutdown, reap skopeo, and raise
-        ProxyExitedError if it exited non-zero."""
+        ProxyExitedError if it exited non-zero.
+
+        In a forked child of the process that started it, only this process's copies of
+        the descriptors are closed: skopeo and the parent's session are left alone.
+        """
+        if self._link.forked:
+            self._link.disown()
+            return
         failure = await self._close_open_images()
         outstanding = self._link.shut_down()
         if outstanding is not None:
@@ -148,6 +159,7 @@ class AsyncImageProxy(FrontEnd):
     # --- performing actions -------------------------------------------------------------
 
     async def _run(self, op: Op[T]) -> T:
+        self._link.check_usable()
         return await drive_async(op, self._perform)
 
     async def _perform(self, action: Action) -> object:
@@ -343,28 +355,67 @@ class AsyncImageProxy(FrontEnd):
         image_id = self._session.check_image(self, img)
         return await self._run(ops.get_layer_info(self._session, image_id, img.reference))
 
-    async def get_blob(
-        self, img: OpenedImage, digest: Union[str, Digest], size: int
+    def get_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int] = None
+    ) -> backend.Opening[AsyncBlobReader]:
+        """A verified stream of one blob: size and digest are checked by the time it ends.
+
+        Use it as ``async with proxy.get_blob(img, digest) as blob:`` (the reader is closed
+        at the end of the block) or ``blob = await proxy.get_blob(img, digest)``.
+
+        ``size`` may be left out: the size the image's manifest gives for its config or a
+        layer (the manifest is read once per image), or on protocol 0.2.8 the size skopeo
+        reports. Raises :class:`ConfigurationError` for a digest the manifest does not
+        reference when no size is given on skopeo before 1.19 (protocol 0.2.8), and
+        :class:`RequestError` if skopeo cannot serve the blob. Where a wrong blob shows:
+
+        - a size that differs from the one skopeo reports (a truncated blob in a layout on
+          every release, and any blob of a known size on 0.2.8) raises
+          :class:`BlobVerificationError` here, before any byte is read;
+        - other differences (the content, a size nobody reported) raise it from the read
+          that reaches the end, or from ``close()`` once every byte was read: on 0.2.8 the
+          client hashes the bytes and names both digests; before, skopeo checks the stream
+          and the error names the digest asked for (and the actual one when ``retries``
+          made the client hash too).
+        """
+        return backend.opening(self._get_blob(img, digest, size))
+
+    async def _get_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int]
     ) -> AsyncBlobReader:
-        """A verified stream of one blob: size and digest are checked by the time it ends."""
         image_id = self._session.check_image(self, img)
-        return await self._open_reader(ops.get_blob(self._session, image_id, digest, size))
+        op = ops.get_blob(self._session, image_id, digest, size, img.reference)
+        return await self._open_reader(op)
 
-    async def get_descriptor(
+    def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
-    ) -> AsyncBlobReader:
-        """:meth:`get_blob` for a descriptor or layer info."""
-        return await self.get_blob(img, descriptor.digest, descriptor.size)
+    ) -> backend.Opening[AsyncBlobReader]:
+        """:meth:`get_blob` for a descriptor or layer info (same use, same errors)."""
+        return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
-    async def get_raw_blob(
+    def get_raw_blob(
         self,
         img: OpenedImage,
         digest: Union[str, Digest],
         size: Optional[int] = None,
         *,
         verify: bool = False,
+    ) -> backend.Opening[AsyncBlobReader]:
+        """GetRawBlob (protocol 0.2.8): no verification in skopeo; here only if ``verify``.
+
+        Used as :meth:`get_blob` is (``async with`` or ``await``). Raises
+        :class:`ProxyTooOldError` before 0.2.8, :class:`RequestError` if skopeo cannot
+        serve the blob; with ``verify``, :class:`BlobVerificationError` as :meth:`get_blob`
+        does on 0.2.8.
+        """
+        return backend.opening(self._get_raw_blob(img, digest, size, verify))
+
+    async def _get_raw_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int], verify: bool
     ) -> AsyncBlobReader:
-        """GetRawBlob (protocol 0.2.8): no verification in skopeo; here only if ``verify``."""
         image_id = self._session.check_image(self, img)
         op = ops.get_raw_blob(self._session, image_id, digest, size, verify)
         return await self._open_reader(op)
+
+
+start_on_instances(AsyncImageProxy, "_started")

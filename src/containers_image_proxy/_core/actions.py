@@ -26,7 +26,7 @@ from typing import (
     cast,
 )
 
-from .._errors import ProxyError
+from .._errors import ProxyError, RequestError
 from .._stream.state import StreamSpec
 from .connection import Ticket
 from .protocol import Arg, Reply
@@ -165,6 +165,15 @@ def discard(fd: int, count: int, hasher: hashlib._Hash) -> Op[int]:
     return cast(int, (yield Discard(fd, count, hasher)))
 
 
+def _thrown(error: ProxyError) -> ProxyError:
+    """The error to throw into an operation: skopeo's answer to a request (a
+    RequestError) loses the frames of the connection code that received it, which say
+    nothing to the caller; the operation's own frames and the caller's are kept."""
+    if isinstance(error, RequestError):
+        return error.with_traceback(None)
+    return error
+
+
 def drive(op: Op[T], perform: Callable[[Action], object]) -> T:
     """Run an operation to its end, performing each action with ``perform`` (sync)."""
     result: object = None
@@ -180,7 +189,7 @@ def drive(op: Op[T], perform: Callable[[Action], object]) -> T:
             try:
                 result = perform(action)
             except ProxyError as e:
-                error = e
+                error = _thrown(e)
     finally:
         op.close()
 
@@ -200,7 +209,7 @@ async def drive_async(op: Op[T], perform: Callable[[Action], Awaitable[object]])
             try:
                 result = await perform(action)
             except ProxyError as e:
-                error = e
+                error = _thrown(e)
     finally:
         op.close()
 

@@ -48,7 +48,9 @@ class Ticket:
         """The reply, or raise the error it got."""
         assert self.done
         if self.error is not None:
-            raise self.error
+            # one error may be raised for many tickets: each raise starts a fresh
+            # traceback, or it would grow by the frames of every raise before
+            raise self.error.with_traceback(None)
         assert self.reply is not None
         return self.reply
 
@@ -88,7 +90,7 @@ class Connection:
     ) -> Tuple[bytes, Ticket]:
         """Encode a request and queue its ticket; the caller sends the bytes next, in order."""
         if self.failure is not None:
-            raise self.failure
+            raise self.failure.with_traceback(None)
         data = encode_request(method, args)
         ticket = Ticket(method, exempt)
         self.pending.append(ticket)

@@ -92,7 +92,7 @@ def _opened(session: Session, image_id: int, ref: ImageReference) -> Op[None]:
         missing = _not_found(e, ref)
         if missing is None:
             return
-        session.open_images.discard(image_id)
+        session.forget_image(image_id)
         try:
             yield from call("CloseImage", (image_id,))
         except RequestError:
@@ -148,7 +148,7 @@ def open_image_optional(
 
 def close_image(session: Session, image_id: int) -> Op[None]:
     """CloseImage."""
-    session.open_images.discard(image_id)
+    session.forget_image(image_id)
     yield from call("CloseImage", (image_id,))
 
 
@@ -156,6 +156,7 @@ def close_open_images(session: Session) -> Op[None]:
     """CloseImage for every image still open (before Shutdown); refusals are ignored."""
     while session.open_images:
         image_id = session.open_images.pop()
+        session.forget_image(image_id)
         try:
             yield from call("CloseImage", (image_id,))
         except RequestError:
@@ -243,13 +244,47 @@ def _size_arg(size: object) -> int:
     return int(size)
 
 
-def get_blob(session: Session, image_id: int, digest: Union[str, Digest], size: int) -> Op[object]:
-    """The best verified stream: GetRawBlob verified here (0.2.8), else GetBlob."""
+def blob_size(
+    session: Session, image_id: int, digest: Digest, reference: Optional[ImageReference] = None
+) -> Op[int]:
+    """The size the image's manifest gives for ``digest`` (its config or a layer), read
+    once per image; ConfigurationError if the manifest does not reference it."""
+    sizes = session.blob_sizes.get(image_id)
+    if sizes is None:
+        _, manifest = yield from fetch_manifest(image_id)
+        sizes = {d.digest: d.size for d in (manifest.config, *manifest.layers)}
+        if image_id in session.open_images:  # not closed meanwhile
+            session.blob_sizes[image_id] = sizes
+    size = sizes.get(digest)
+    if size is None:
+        raise ConfigurationError(
+            f"get_blob: {digest} is neither the config nor a layer of "
+            f"{reference or 'the image'}, so its size is not known: pass size="
+        )
+    return size
+
+
+def get_blob(
+    session: Session,
+    image_id: int,
+    digest: Union[str, Digest],
+    size: Optional[int],
+    reference: Optional[ImageReference] = None,
+) -> Op[object]:
+    """The best verified stream: GetRawBlob verified here (0.2.8), else GetBlob.
+
+    Without ``size``: the one recorded from the manifest if it was read already, else
+    GetRawBlob's own (0.2.8), else the manifest's (:func:`blob_size`).
+    """
     d = _digest_arg(digest)
-    n = _size_arg(size)
+    n: Optional[int] = None if size is None else _size_arg(size)
+    if n is None and image_id in session.blob_sizes:
+        n = yield from blob_size(session, image_id, d, reference)
     if session.supports(Feature.RAW_BLOB):
         spec = StreamSpec(StreamKind.RAW, d, n, verify=True)
         return (yield from _open_with_retries(session, "GetRawBlob", (image_id, str(d)), spec))
+    if n is None:
+        n = yield from blob_size(session, image_id, d, reference)
     # skopeo verifies GetBlob streams itself; hashing here too only pays when a transfer
     # may be resumed, which needs the hash of what was handed out
     spec = StreamSpec(StreamKind.PIPE, d, n, verify=session.config.retries > 0)
@@ -287,6 +322,7 @@ def get_raw_blob(
 
 
 __all__ = [
+    "blob_size",
     "close_image",
     "close_open_images",
     "fetch_config",

@@ -8,10 +8,11 @@ proxy; :class:`FrontEnd` is what both front ends answer from these alone.
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Protocol, Set, Union
+from typing import Any, Callable, Dict, Optional, Protocol, Set, Union
 
 from .._config import ProxyConfig
-from .._errors import ConfigurationError, ProxyError
+from .._digest import Digest
+from .._errors import NOT_STARTED, ConfigurationError, ProxyError
 from .._link import LinkBase
 from .._reference import ImageReference
 from .protocol import Feature, Version, format_version, has_feature, require_feature
@@ -73,6 +74,35 @@ class OpenedImage:
         await closing
 
 
+class _StartMethod:
+    """``start`` of a proxy or pool: on the class, the classmethod (a new started proxy);
+    on an instance, a call that starts that instance (``await proxy.start()``) instead of
+    making another one with the default configuration and leaving it unstarted."""
+
+    def __init__(self, on_class: "classmethod[Any, Any, Any]", starter: str) -> None:
+        self._on_class = on_class
+        self._starter = starter
+        self.__doc__ = on_class.__doc__
+
+    def __get__(self, obj: object, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self._on_class.__get__(None, owner)
+        started: Callable[[], Any] = getattr(obj, self._starter)
+
+        def start() -> Any:
+            """Start this one (if not started yet) and return it."""
+            return started()
+
+        return start
+
+
+def start_on_instances(cls: type, starter: str) -> None:
+    """Let ``cls.start``, a classmethod, also start an instance: ``obj.start()`` runs
+    ``obj.<starter>()`` (type checkers see the classmethod, whose call without arguments
+    types the same)."""
+    setattr(cls, "start", _StartMethod(vars(cls)["start"], starter))  # noqa: B010 (mypy: a type)
+
+
 class Session:
     """What one connection knows, without I/O: version, configuration, the images open."""
 
@@ -82,18 +112,26 @@ class Session:
         # The ids of the images opened and not closed yet: closed before Shutdown, since
         # skopeo (1.9.3) leaves an oci-archive's extracted copy behind for an image still open.
         self.open_images: Set[int] = set()
+        # Per open image, the size of each blob its manifest references (config and
+        # layers), read once when get_blob is first called without a size.
+        self.blob_sizes: Dict[int, Dict[Digest, int]] = {}
+
+    def forget_image(self, image_id: int) -> None:
+        """An image is closed: drop what was recorded about it."""
+        self.open_images.discard(image_id)
+        self.blob_sizes.pop(image_id, None)
 
     @property
     def protocol_version(self) -> str:
         """The protocol version the proxy reported in Initialize."""
         if self.version is None:
-            raise ProxyError("the proxy is not initialized")
+            raise ProxyError(NOT_STARTED)
         return format_version(self.version)
 
     def supports(self, feature: Union[Feature, str]) -> bool:
         """Whether the connected proxy offers ``feature`` natively."""
         if self.version is None:
-            raise ProxyError("the proxy is not initialized")
+            raise ProxyError(NOT_STARTED)
         return has_feature(self.version, feature)
 
     def require(self, feature: Feature, what: str) -> None:
@@ -123,6 +161,14 @@ class FrontEnd:
     def config(self) -> ProxyConfig:
         """The configuration this proxy was started with."""
         return self._config
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The process id of this proxy's skopeo (for monitoring), or None when it is not
+        running: not started yet, closed, or ended after a failure (skopeo is then killed).
+        In a forked child it is still the parent's skopeo, which the child may not use."""
+        process = self._link.process
+        return process.pid if process is not None and self._link.usable else None
 
     @property
     def protocol_version(self) -> str:

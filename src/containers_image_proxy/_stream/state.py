@@ -38,6 +38,7 @@ class StreamSpec:
 
 
 # FinishPipe errors of GetBlob that mean "the bytes were wrong", as opposed to "could not get them"
+_CORRUPTED = re.compile(r"corrupted blob", re.I)
 _VERIFY_TEXT = re.compile(r"corrupted blob|expected \d+ bytes in blob|digest|size mismatch", re.I)
 
 
@@ -145,9 +146,19 @@ class BlobStream:
         if error is None or self._error is not None:
             return
         if _VERIFY_TEXT.search(error.message):
-            self._error = BlobVerificationError(self.spec.digest, error.message)
+            self._error = BlobVerificationError(self.spec.digest, self._skopeo_verdict(error))
         else:
             self._error = error
+
+    def _skopeo_verdict(self, error: RequestError) -> str:
+        """What skopeo's verification failure says, without repeating the digest asked for
+        (the error's prefix names it): the actual digest when this stream was hashed here
+        too, else that the content differs (skopeo does not say what it found)."""
+        if self._hasher is not None and self.received == self.size:
+            return f"content has digest {self.spec.digest.algorithm}:{self._hasher.hexdigest()}"
+        if _CORRUPTED.search(error.message):
+            return "content does not have this digest (skopeo's check, which names no other)"
+        return error.message.replace(str(self.spec.digest), "the blob")
 
     def raw_result(self, error: Optional[RequestError]) -> None:
         """Record what GetRawBlob's error pipe held once the data pipe reached EOF."""

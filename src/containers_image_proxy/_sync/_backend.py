@@ -17,6 +17,7 @@ names, which ``_async/_backend.py`` offers for the event loop:
   starts and closes members on helper threads and guards its bookkeeping with locks.
 - :class:`ReaderBase`: the binary file object's methods (``read(n)`` fills, ``read1`` and
   ``readinto1`` read once).
+- :func:`opening`: ``get_blob`` returns the reader itself.
 """
 
 from __future__ import annotations
@@ -110,12 +111,12 @@ class Link(LinkBase):
         self, method: str, args: Tuple[Arg, ...], exempt: bool = False, abandoned: bool = False
     ) -> Ticket:
         """Send a request now; its ticket."""
+        self.check_usable()  # before the lock: in a forked child it may be held for good
         with self._cond:
             if self.closed and self._conn.failure is None:
                 raise ProxyClosedError("the proxy is closed")
             process = self.process
-            if process is None:
-                raise ProxyClosedError("not started")
+            assert process is not None
             data, ticket = self._conn.request(method, args, exempt=exempt)
             ticket.abandoned = abandoned
             try:
@@ -296,11 +297,17 @@ class ReaderBase(io.BufferedIOBase):
         return self._read_once(b)
 
     def readinto(self, b: WriteableBuffer) -> int:
-        """Fill ``b`` unless the blob ends first (file semantics: pipes return short reads)."""
+        """Fill ``b`` unless the blob ends first (file semantics: pipes return short reads).
+
+        The read that reaches the end raises :class:`BlobVerificationError` for a wrong
+        blob, or the :class:`RequestError` skopeo reported (docs/concepts.md says which,
+        per release); ``ValueError`` once closed."""
         return self._fill(b)
 
     def read(self, size: Optional[int] = -1) -> bytes:
-        """Read ``size`` bytes (fewer only at the end), or everything left when negative."""
+        """Read ``size`` bytes (fewer only at the end), or everything left when negative.
+
+        Raises as :meth:`readinto` does."""
         if size is None or size < 0:
             parts: List[bytes] = []
             while part := self.read1(READ_CHUNK):
@@ -317,3 +324,8 @@ class ReaderBase(io.BufferedIOBase):
         n = self._read_once(buf)
         del buf[n:]
         return bytes(buf)
+
+
+def opening(reader: T) -> T:
+    """The reader itself (the asyncio front end wraps it for ``await`` and ``async with``)."""
+    return reader

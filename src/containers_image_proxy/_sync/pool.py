@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple, Union
 
 from .. import _catalog as catalog
 from .._config import ProxyConfig
-from .._core.session import OpenedImage
+from .._core.session import OpenedImage, start_on_instances
 from .._errors import ProxyClosedError, ProxyError, unless_already_failing
 from .._models import Descriptor, Digest, ImageConfig, ImageIndex, ImageManifest, LayerInfo
 from .._pooling import DEFAULT_SIZE, Members, PoolFront, raise_collected, usable
@@ -22,6 +22,12 @@ from .._reference import ImageReference
 from . import _backend as backend
 from .proxy import ImageProxy
 from .reader import BlobReader
+
+_NOT_STARTED = (
+    "the pool is not started: use 'with pool:' or 'pool.start()' (or make a "
+    "started one with 'ProxyPool.start(config)'); a ProxyPool starts when "
+    "constructed"
+)
 
 
 def _close_quietly(member: Optional[ImageProxy]) -> None:
@@ -65,8 +71,14 @@ class ProxyPool(PoolFront[ImageProxy]):
     def start(
         cls, config: Optional[ProxyConfig] = None, size: int = DEFAULT_SIZE
     ) -> ProxyPool:
-        """A started pool: every member started (at once)."""
-        self = cls(config, size)
+        """A started pool: every member started (at once).
+
+        ``pool = ProxyPool.start(config, size)`` makes one; ``pool.start()``
+        on a pool constructed but not started starts that one (and returns it).
+        """
+        return cls(config, size)._started_pool()
+
+    def _started_pool(self) -> ProxyPool:
         if not self._started:
             self._start()
         return self
@@ -88,9 +100,7 @@ class ProxyPool(PoolFront[ImageProxy]):
             self._members.install(slot, member)
 
     def __enter__(self) -> ProxyPool:
-        if not self._started:
-            self._start()
-        return self
+        return self._started_pool()
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         with unless_already_failing(exc_type):
@@ -136,7 +146,7 @@ class ProxyPool(PoolFront[ImageProxy]):
             started = self._members.started()
         if not started:
             raise ProxyClosedError(
-                "the pool is not started" if not self._started else "the pool has no running proxy"
+                _NOT_STARTED if not self._started else "the pool has no running proxy"
             )
         return started[0]
 
@@ -145,7 +155,7 @@ class ProxyPool(PoolFront[ImageProxy]):
         if member is not None and usable(member):
             return member
         if self._slot_locks is None:
-            raise ProxyClosedError("the pool is not started")
+            raise ProxyClosedError(_NOT_STARTED)
         # one caller replaces a failed member; others wanting the same slot wait for it
         with self._slot_locks[slot]:
             member = self._members.slots[slot]
@@ -235,16 +245,21 @@ class ProxyPool(PoolFront[ImageProxy]):
         return self._owner(img).get_layer_info(img)
 
     def get_blob(
-        self, img: OpenedImage, digest: Union[str, Digest], size: int
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int] = None
     ) -> BlobReader:
-        """See :meth:`ImageProxy.get_blob`."""
+        """See :meth:`ImageProxy.get_blob` (``with`` or ``await``)."""
+        return backend.opening(self._get_blob(img, digest, size))
+
+    def _get_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int]
+    ) -> BlobReader:
         return self._owner(img).get_blob(img, digest, size)
 
     def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
     ) -> BlobReader:
-        """See :meth:`ImageProxy.get_descriptor`."""
-        return self._owner(img).get_descriptor(img, descriptor)
+        """See :meth:`ImageProxy.get_descriptor` (``with`` or ``await``)."""
+        return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
     def get_raw_blob(
         self,
@@ -254,5 +269,13 @@ class ProxyPool(PoolFront[ImageProxy]):
         *,
         verify: bool = False,
     ) -> BlobReader:
-        """See :meth:`ImageProxy.get_raw_blob`."""
+        """See :meth:`ImageProxy.get_raw_blob` (``with`` or ``await``)."""
+        return backend.opening(self._get_raw_blob(img, digest, size, verify))
+
+    def _get_raw_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int], verify: bool
+    ) -> BlobReader:
         return self._owner(img).get_raw_blob(img, digest, size, verify=verify)
+
+
+start_on_instances(ProxyPool, "_started_pool")

@@ -36,7 +36,7 @@ from .._core.actions import (
     drive,
 )
 from .._core.protocol import Arg, MetadataBuffer, PipeReply, Reply, ValueReply
-from .._core.session import FrontEnd, OpenedImage, Session
+from .._core.session import FrontEnd, OpenedImage, Session, start_on_instances
 from .._errors import (
     ProtocolError,
     ProxyError,
@@ -78,8 +78,14 @@ class ImageProxy(FrontEnd):
 
     @classmethod
     def start(cls, config: Optional[ProxyConfig] = None) -> ImageProxy:
-        """A started proxy: skopeo spawned and the connection initialized."""
-        self = cls(config)
+        """A started proxy: skopeo spawned and the connection initialized.
+
+        ``proxy = ImageProxy.start(config)`` makes one; ``proxy.start()``
+        on a proxy constructed but not started starts that one (and returns it).
+        """
+        return cls(config)._started()
+
+    def _started(self) -> ImageProxy:
         if self._link.process is None:
             self._start()
         return self
@@ -94,9 +100,7 @@ class ImageProxy(FrontEnd):
             raise
 
     def __enter__(self) -> ImageProxy:
-        if self._link.process is None:
-            self._start()
-        return self
+        return self._started()
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         with unless_already_failing(exc_type):
@@ -119,7 +123,14 @@ class ImageProxy(FrontEnd):
 
     def close(self) -> None:
         """Close the images still open, send Shutdown, reap skopeo, and raise
-        ProxyExitedError if it exited non-zero."""
+        ProxyExitedError if it exited non-zero.
+
+        In a forked child of the process that started it, only this process's copies of
+        the descriptors are closed: skopeo and the parent's session are left alone.
+        """
+        if self._link.forked:
+            self._link.disown()
+            return
         failure = self._close_open_images()
         outstanding = self._link.shut_down()
         if outstanding is not None:
@@ -150,6 +161,7 @@ class ImageProxy(FrontEnd):
     # --- performing actions -------------------------------------------------------------
 
     def _run(self, op: Op[T]) -> T:
+        self._link.check_usable()
         return drive(op, self._perform)
 
     def _perform(self, action: Action) -> object:
@@ -346,17 +358,42 @@ class ImageProxy(FrontEnd):
         return self._run(ops.get_layer_info(self._session, image_id, img.reference))
 
     def get_blob(
-        self, img: OpenedImage, digest: Union[str, Digest], size: int
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int] = None
     ) -> BlobReader:
-        """A verified stream of one blob: size and digest are checked by the time it ends."""
+        """A verified stream of one blob: size and digest are checked by the time it ends.
+
+        Use it as ``with proxy.get_blob(img, digest) as blob:`` (the reader is closed
+        at the end of the block) or ``blob = proxy.get_blob(img, digest)``.
+
+        ``size`` may be left out: the size the image's manifest gives for its config or a
+        layer (the manifest is read once per image), or on protocol 0.2.8 the size skopeo
+        reports. Raises :class:`ConfigurationError` for a digest the manifest does not
+        reference when no size is given on skopeo before 1.19 (protocol 0.2.8), and
+        :class:`RequestError` if skopeo cannot serve the blob. Where a wrong blob shows:
+
+        - a size that differs from the one skopeo reports (a truncated blob in a layout on
+          every release, and any blob of a known size on 0.2.8) raises
+          :class:`BlobVerificationError` here, before any byte is read;
+        - other differences (the content, a size nobody reported) raise it from the read
+          that reaches the end, or from ``close()`` once every byte was read: on 0.2.8 the
+          client hashes the bytes and names both digests; before, skopeo checks the stream
+          and the error names the digest asked for (and the actual one when ``retries``
+          made the client hash too).
+        """
+        return backend.opening(self._get_blob(img, digest, size))
+
+    def _get_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int]
+    ) -> BlobReader:
         image_id = self._session.check_image(self, img)
-        return self._open_reader(ops.get_blob(self._session, image_id, digest, size))
+        op = ops.get_blob(self._session, image_id, digest, size, img.reference)
+        return self._open_reader(op)
 
     def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
     ) -> BlobReader:
-        """:meth:`get_blob` for a descriptor or layer info."""
-        return self.get_blob(img, descriptor.digest, descriptor.size)
+        """:meth:`get_blob` for a descriptor or layer info (same use, same errors)."""
+        return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
     def get_raw_blob(
         self,
@@ -366,7 +403,21 @@ class ImageProxy(FrontEnd):
         *,
         verify: bool = False,
     ) -> BlobReader:
-        """GetRawBlob (protocol 0.2.8): no verification in skopeo; here only if ``verify``."""
+        """GetRawBlob (protocol 0.2.8): no verification in skopeo; here only if ``verify``.
+
+        Used as :meth:`get_blob` is (``with`` or ``await``). Raises
+        :class:`ProxyTooOldError` before 0.2.8, :class:`RequestError` if skopeo cannot
+        serve the blob; with ``verify``, :class:`BlobVerificationError` as :meth:`get_blob`
+        does on 0.2.8.
+        """
+        return backend.opening(self._get_raw_blob(img, digest, size, verify))
+
+    def _get_raw_blob(
+        self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int], verify: bool
+    ) -> BlobReader:
         image_id = self._session.check_image(self, img)
         op = ops.get_raw_blob(self._session, image_id, digest, size, verify)
         return self._open_reader(op)
+
+
+start_on_instances(ImageProxy, "_started")

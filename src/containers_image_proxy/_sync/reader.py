@@ -62,6 +62,7 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
         return self._stream.received - len(self._leftover)
 
     def _data_fd(self) -> int:
+        self._proxy._link.check_owner()  # a forked child reading would steal the parent's bytes
         fd = self._ends.data_fd
         if fd != self._nonblocking_fd:  # a new pipe after a resumed transfer
             os.set_blocking(fd, False)
@@ -260,7 +261,9 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
             self._ended = True
 
     def close(self) -> None:
-        """Close the stream. If every byte was read, this verifies and may raise."""
+        """Close the stream. If every byte was read, this verifies and may raise
+        :class:`BlobVerificationError` (or the :class:`RequestError` skopeo reported at the
+        end); closed early, it never does."""
         if self.closed:
             return
         try:
