@@ -35,9 +35,11 @@ def child_pids() -> set[int]:
     me = os.getpid()
     out = set()
     for task in os.listdir("/proc/self/task"):
-        path = Path(f"/proc/self/task/{task}/children")
-        if path.exists():
-            out.update(int(p) for p in path.read_text().split())
+        try:
+            children = Path(f"/proc/self/task/{task}/children").read_text()
+        except FileNotFoundError:
+            continue  # the thread ended since the listing: it has no children to show
+        out.update(int(p) for p in children.split())
     assert me not in out
     return out
 

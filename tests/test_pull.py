@@ -179,9 +179,13 @@ def test_docker_archive_layers_get_the_media_type_of_their_bytes(
         f"docker-archive:{tmp_path / 'app.tar'}:example/app:1",
     )
     dest = tmp_path / "mirror"
+    reports: list[TransferProgress] = []
     with ImageProxy(make_config(skopeo_release)) as proxy:
-        digest = pull(proxy, archive, str(dest), tag="app")
+        digest = pull(proxy, archive, str(dest), tag="app", progress=reports.append)
     manifest = json.loads((dest / "blobs/sha256" / digest.split(":")[1]).read_bytes())
+    # the converted config comes from GetFullConfig: reported once, as fetched, not as kept
+    config_reports = [r for r in reports if r.digest == manifest["config"]["digest"]]
+    assert [(r.finished, r.local) for r in config_reports if r.finished] == [(True, False)]
     for layer in manifest["layers"]:
         head = (dest / "blobs/sha256" / layer["digest"].split(":")[1]).read_bytes()[:2]
         gzipped = head == b"\x1f\x8b"

@@ -41,7 +41,7 @@ def test_updater_fetches_only_what_changed(
     state = str(tmp_path / "state")
     first = run("updater.py", registry_plain.ref("recipes/os:v1"), state, NO_TLS)
     assert first[-1] == f"current {v1.manifest_digest}"
-    assert all(line.startswith("fetched ") for line in first[:-1])
+    assert all(line.startswith("fetched ") for line in first[:-1]), first
     second = run("updater.py", registry_plain.ref("recipes/os:v2"), state, NO_TLS)
     assert second[-1] == f"current {v2.manifest_digest}"
     kept = {line.split()[1] for line in second if line.startswith("kept ")}

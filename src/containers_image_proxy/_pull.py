@@ -216,10 +216,16 @@ class _Puller:
                     )
             stored, raw = self.proxy.fetch_manifest_raw_oci(img)
             manifest = ImageManifest.from_bytes(raw)
+            blobs = {str(d.digest): d for d in (*manifest.layers, manifest.config)}
             if self._store_converted_config(img, manifest.config):
+                # fetched just now (GetFullConfig), not found in the layout: say so once
+                meter = Meter(self.progress, str(manifest.config.digest), manifest.config.size)
+                meter.start()
+                meter.advance(manifest.config.size)
+                meter.finish()
                 with self.result_lock:
                     self.fetched += 1
-            blobs = {str(d.digest): d for d in (*manifest.layers, manifest.config)}
+                blobs.pop(str(manifest.config.digest), None)
             self.ensure_blobs(img, list(blobs.values()))
         finally:
             self.proxy.close_image(img)
