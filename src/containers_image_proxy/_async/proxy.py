@@ -36,6 +36,7 @@ from .._core.actions import (
 from .._core.protocol import Arg, MetadataBuffer, PipeReply, Reply, ValueReply
 from .._core.session import FrontEnd, OpenedImage, Session, start_on_instances
 from .._errors import (
+    MetadataTooLargeError,
     ProtocolError,
     ProxyError,
     ProxyExitedError,
@@ -343,8 +344,27 @@ class AsyncImageProxy(FrontEnd):
         return await self._run(ops.fetch_manifest(self._session.check_image(self, img)))
 
     async def fetch_config_raw(self, img: OpenedImage) -> bytes:
-        """The image's OCI config as bytes (converted from Docker's form if needed)."""
-        return await self._run(ops.fetch_config_raw(self._session.check_image(self, img)))
+        """The image's config as bytes: the OCI image config (converted from Docker's form
+        if needed), or for an OCI artifact, whose config is not an image config (skopeo
+        refuses those), the config blob as stored, verified against the manifest.
+
+        Raises :class:`MetadataTooLargeError` for a config over ``max_metadata_size``,
+        :class:`BlobVerificationError` for an artifact's config blob that does not match
+        its descriptor, :class:`RequestError` when skopeo cannot serve it.
+        """
+        try:
+            return await self._run(ops.fetch_config_raw(self._session.check_image(self, img)))
+        except RequestError as e:
+            if not ops.is_artifact_refusal(e):
+                raise
+        _, manifest = await self.fetch_manifest(img)
+        config = manifest.config
+        limit = self._config.max_metadata_size
+        if config.size > limit:
+            raise MetadataTooLargeError(f"config blob {config.digest}", limit)
+        async with self.get_descriptor(img, config) as blob:
+            data: bytes = await blob.read()
+        return data
 
     async def fetch_config(self, img: OpenedImage) -> ImageConfig:
         """The image's OCI config, parsed."""

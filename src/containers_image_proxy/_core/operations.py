@@ -181,6 +181,16 @@ def fetch_manifest(image_id: int) -> Op[Tuple[Digest, ImageManifest]]:
     return digest, _parse(ImageManifest, payload, "GetManifest")
 
 
+# skopeo's refusal of GetFullConfig (and other image-only calls) on an OCI artifact
+_ARTIFACT_REFUSAL = "unsupported image-specific operation on artifact"
+
+
+def is_artifact_refusal(error: RequestError) -> bool:
+    """Whether skopeo refused an image-only request because the image is an OCI artifact
+    (a manifest whose config is not an image config), on every release."""
+    return _ARTIFACT_REFUSAL in error.message
+
+
 def fetch_config_raw(image_id: int) -> Op[bytes]:
     """GetFullConfig: the OCI image config as bytes."""
     _, payload = yield from call_piped("GetFullConfig", (image_id,))
@@ -188,8 +198,18 @@ def fetch_config_raw(image_id: int) -> Op[bytes]:
 
 
 def fetch_config(image_id: int) -> Op[ImageConfig]:
-    """GetFullConfig, parsed."""
-    payload = yield from fetch_config_raw(image_id)
+    """GetFullConfig, parsed; an OCI artifact is refused with a message that says so."""
+    try:
+        payload = yield from fetch_config_raw(image_id)
+    except RequestError as e:
+        if not is_artifact_refusal(e):
+            raise
+        raise RequestError(
+            e.method,
+            f"not a container image but an OCI artifact, whose config is not an image config"
+            f" ({e.message}); fetch_config_raw returns its config blob as stored",
+            e.error_code,
+        ) from None
     return _parse(ImageConfig, payload, "GetFullConfig")
 
 

@@ -38,6 +38,7 @@ from .._core.actions import (
 from .._core.protocol import Arg, MetadataBuffer, PipeReply, Reply, ValueReply
 from .._core.session import FrontEnd, OpenedImage, Session, start_on_instances
 from .._errors import (
+    MetadataTooLargeError,
     ProtocolError,
     ProxyError,
     ProxyExitedError,
@@ -345,8 +346,27 @@ class ImageProxy(FrontEnd):
         return self._run(ops.fetch_manifest(self._session.check_image(self, img)))
 
     def fetch_config_raw(self, img: OpenedImage) -> bytes:
-        """The image's OCI config as bytes (converted from Docker's form if needed)."""
-        return self._run(ops.fetch_config_raw(self._session.check_image(self, img)))
+        """The image's config as bytes: the OCI image config (converted from Docker's form
+        if needed), or for an OCI artifact, whose config is not an image config (skopeo
+        refuses those), the config blob as stored, verified against the manifest.
+
+        Raises :class:`MetadataTooLargeError` for a config over ``max_metadata_size``,
+        :class:`BlobVerificationError` for an artifact's config blob that does not match
+        its descriptor, :class:`RequestError` when skopeo cannot serve it.
+        """
+        try:
+            return self._run(ops.fetch_config_raw(self._session.check_image(self, img)))
+        except RequestError as e:
+            if not ops.is_artifact_refusal(e):
+                raise
+        _, manifest = self.fetch_manifest(img)
+        config = manifest.config
+        limit = self._config.max_metadata_size
+        if config.size > limit:
+            raise MetadataTooLargeError(f"config blob {config.digest}", limit)
+        with self.get_descriptor(img, config) as blob:
+            data: bytes = blob.read()
+        return data
 
     def fetch_config(self, img: OpenedImage) -> ImageConfig:
         """The image's OCI config, parsed."""
