@@ -121,7 +121,7 @@ class ProxyConfig:
         return self.policy is not None or self.require_policy_enforcement
 
     def auth_bytes(self) -> Optional[bytes]:
-        """``auth_data`` as bytes (None when unset)."""
+        """``auth_data`` as bytes (None when unset); never raises."""
         if self.auth_data is None:
             return None
         if isinstance(self.auth_data, str):

@@ -103,7 +103,8 @@ class Digest(str):
         return self.partition(":")[2]
 
     def hasher(self) -> hashlib._Hash:
-        """Returns a new, empty hashlib object for this digest's algorithm."""
+        """Returns a new, empty hashlib object for this digest's algorithm (never raises: a
+        Digest only holds algorithms hashlib has)."""
         return hashlib.new(self.algorithm)
 
     def __repr__(self) -> str:

@@ -184,7 +184,7 @@ class ImageIndex(_Model):
     def find(
         self, os: str, architecture: str, variant: Optional[str] = None
     ) -> Optional[Descriptor]:
-        """Returns the first entry for this platform, or None.
+        """Returns the first entry for this platform, or None (never raises).
 
         With ``variant=None`` any variant matches. For arm64, no variant and ``"v8"`` are
         the same, as in containers/image::

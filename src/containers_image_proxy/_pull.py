@@ -437,7 +437,8 @@ async def pull_async(
 
     The same engine runs in a worker thread and reads blobs through the caller's loop;
     ``progress`` is called on the loop. Cancelling stops the transfers, removes temporary
-    files and leaves the layout valid (``index.json`` untouched).
+    files and leaves the layout valid (``index.json`` untouched). Raises what :func:`pull`
+    raises.
     """
     import asyncio
 

@@ -133,7 +133,8 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
             return tuple(self._members.started())
 
     def loads(self) -> List[int]:
-        """Opens in flight plus open images, per member in slot order (for monitoring)."""
+        """Opens in flight plus open images, per member in slot order (for monitoring).
+        Never raises."""
         with self._lock:
             return self._members.balancer.loads()
 
@@ -196,18 +197,23 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
 
     async def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
         """:meth:`AsyncImageProxy.list_tags` with the pool's configuration (no member is
-        used)."""
+        used); raises what it raises."""
         return await catalog.list_tags_async(self.config, repository)
 
     async def fetch_index(
         self, reference: Union[str, ImageReference]
     ) -> Optional[Tuple[Digest, ImageIndex]]:
         """:meth:`AsyncImageProxy.fetch_index` with the pool's configuration (no member is
-        used)."""
+        used); raises what it raises."""
         return await catalog.fetch_index_async(self.config, reference)
 
     async def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
-        """Open an image on the least busy member; it stays bound to that member."""
+        """Open an image on the least busy member; it stays bound to that member.
+
+        A member whose skopeo failed is replaced first. Raises what
+        :meth:`AsyncImageProxy.open_image` raises (:class:`ImageNotFoundError`,
+        :class:`RequestError` ...), and :class:`PoolShutdownError` after :meth:`close`.
+        """
         img = await self._open(reference, optional=False)
         assert img is not None
         return img
@@ -215,37 +221,51 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
     async def open_image_optional(
         self, reference: Union[str, ImageReference]
     ) -> Optional[OpenedImage]:
-        """:meth:`open_image`, or None if the image does not exist."""
+        """:meth:`open_image`, or None where it would raise :class:`ImageNotFoundError`;
+        other failures raise as :meth:`open_image` does."""
         return await self._open(reference, optional=True)
 
     async def close_image(self, img: OpenedImage) -> None:
-        """Release an opened image in the member that opened it."""
+        """Release an opened image in the member that opened it. Closing twice is harmless;
+        raises :class:`ProxyError` only for an image of another proxy or pool."""
         await self._owner(img).close_image(img)
 
     async def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
-        """See :meth:`AsyncImageProxy.fetch_manifest_raw_oci`."""
+        """:meth:`AsyncImageProxy.fetch_manifest_raw_oci`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return await self._owner(img).fetch_manifest_raw_oci(img)
 
     async def fetch_manifest(self, img: OpenedImage) -> Tuple[Digest, ImageManifest]:
-        """See :meth:`AsyncImageProxy.fetch_manifest`."""
+        """:meth:`AsyncImageProxy.fetch_manifest`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return await self._owner(img).fetch_manifest(img)
 
     async def fetch_config_raw(self, img: OpenedImage) -> bytes:
-        """See :meth:`AsyncImageProxy.fetch_config_raw`."""
+        """:meth:`AsyncImageProxy.fetch_config_raw`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return await self._owner(img).fetch_config_raw(img)
 
     async def fetch_config(self, img: OpenedImage) -> ImageConfig:
-        """See :meth:`AsyncImageProxy.fetch_config`."""
+        """:meth:`AsyncImageProxy.fetch_config`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return await self._owner(img).fetch_config(img)
 
     async def get_layer_info(self, img: OpenedImage) -> List[LayerInfo]:
-        """See :meth:`AsyncImageProxy.get_layer_info`."""
+        """:meth:`AsyncImageProxy.get_layer_info`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return await self._owner(img).get_layer_info(img)
 
     def get_blob(
         self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int] = None
     ) -> backend.Opening[AsyncBlobReader]:
-        """See :meth:`AsyncImageProxy.get_blob` (``async with`` or ``await``)."""
+        """:meth:`AsyncImageProxy.get_blob` (``async with`` or ``await``),
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return backend.opening(self._get_blob(img, digest, size))
 
     async def _get_blob(
@@ -256,7 +276,9 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
     def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
     ) -> backend.Opening[AsyncBlobReader]:
-        """See :meth:`AsyncImageProxy.get_descriptor` (``async with`` or ``await``)."""
+        """:meth:`AsyncImageProxy.get_descriptor` (``async with`` or ``await``),
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
     def get_raw_blob(
@@ -267,7 +289,9 @@ class AsyncProxyPool(PoolFront[AsyncImageProxy]):
         *,
         verify: bool = False,
     ) -> backend.Opening[AsyncBlobReader]:
-        """See :meth:`AsyncImageProxy.get_raw_blob` (``async with`` or ``await``)."""
+        """:meth:`AsyncImageProxy.get_raw_blob` (``async with`` or ``await``),
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return backend.opening(self._get_raw_blob(img, digest, size, verify))
 
     async def _get_raw_blob(

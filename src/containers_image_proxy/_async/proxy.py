@@ -326,7 +326,9 @@ class AsyncImageProxy(FrontEnd):
         return await catalog.fetch_index_async(self._config, reference)
 
     async def close_image(self, img: OpenedImage) -> None:
-        """Release an opened image in the proxy. Closing twice is harmless."""
+        """Release an opened image in the proxy. Closing twice is harmless; closing an image
+        after the proxy closed does nothing. Raises :class:`ProxyError` for an image of
+        another proxy, and the proxy's own failures (:class:`ProxyExitedError` ...)."""
         if img.closed and img._owner is self:
             return
         image_id = self._session.check_image(self, img)
@@ -336,11 +338,23 @@ class AsyncImageProxy(FrontEnd):
         await self._run(ops.close_image(self._session, image_id))
 
     async def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
-        """The image's manifest in OCI form, and the digest of the manifest as stored."""
+        """The image's manifest in OCI form, and the digest of the manifest as stored.
+
+        Raises :class:`RequestError` when skopeo refuses, :class:`ProxyError` for an image of
+        another proxy or one already closed, and the proxy's own failures
+        (:class:`ProxyExitedError`, :class:`ProxyStalledError`, :class:`ProtocolError`,
+        :class:`MetadataTooLargeError`).
+        """
         return await self._run(ops.fetch_manifest_raw(self._session.check_image(self, img)))
 
     async def fetch_manifest(self, img: OpenedImage) -> Tuple[Digest, ImageManifest]:
-        """The image's manifest, parsed, and the digest of the manifest as stored."""
+        """The image's manifest, parsed, and the digest of the manifest as stored.
+
+        Raises :class:`RequestError` when skopeo refuses, :class:`ProxyError` for an image of
+        another proxy or one already closed, and the proxy's own failures
+        (:class:`ProxyExitedError`, :class:`ProxyStalledError`, :class:`ProtocolError`,
+        :class:`MetadataTooLargeError`).
+        """
         return await self._run(ops.fetch_manifest(self._session.check_image(self, img)))
 
     async def fetch_config_raw(self, img: OpenedImage) -> bytes:
@@ -367,11 +381,26 @@ class AsyncImageProxy(FrontEnd):
         return data
 
     async def fetch_config(self, img: OpenedImage) -> ImageConfig:
-        """The image's OCI config, parsed."""
+        """The image's OCI config, parsed.
+
+        Raises :class:`RequestError` when skopeo refuses, :class:`ProxyError` for an image of
+        another proxy or one already closed, and the proxy's own failures
+        (:class:`ProxyExitedError`, :class:`ProxyStalledError`, :class:`ProtocolError`,
+        :class:`MetadataTooLargeError`). An OCI artifact,
+        whose config is not an image config, raises :class:`RequestError` saying so
+        (:meth:`fetch_config_raw` gives its config blob).
+        """
         return await self._run(ops.fetch_config(self._session.check_image(self, img)))
 
     async def get_layer_info(self, img: OpenedImage) -> List[LayerInfo]:
-        """The layers as a copy would fetch them (digest, size, media type)."""
+        """The layers as a copy would fetch them (digest, size, media type).
+
+        Raises :class:`RequestError` when skopeo refuses, :class:`ProxyError` for an image of
+        another proxy or one already closed, and the proxy's own failures
+        (:class:`ProxyExitedError`, :class:`ProxyStalledError`, :class:`ProtocolError`,
+        :class:`MetadataTooLargeError`).
+        :class:`ProxyTooOldError` for ``containers-storage:`` on protocol 0.2.3.
+        """
         image_id = self._session.check_image(self, img)
         return await self._run(ops.get_layer_info(self._session, image_id, img.reference))
 
@@ -410,7 +439,8 @@ class AsyncImageProxy(FrontEnd):
     def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
     ) -> backend.Opening[AsyncBlobReader]:
-        """:meth:`get_blob` for a descriptor or layer info (same use, same errors)."""
+        """:meth:`get_blob` for a descriptor or layer info (same use; raises what
+        :meth:`get_blob` raises)."""
         return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
     def get_raw_blob(

@@ -135,7 +135,8 @@ class ProxyPool(PoolFront[ImageProxy]):
             return tuple(self._members.started())
 
     def loads(self) -> List[int]:
-        """Opens in flight plus open images, per member in slot order (for monitoring)."""
+        """Opens in flight plus open images, per member in slot order (for monitoring).
+        Never raises."""
         with self._lock:
             return self._members.balancer.loads()
 
@@ -198,18 +199,23 @@ class ProxyPool(PoolFront[ImageProxy]):
 
     def list_tags(self, repository: Union[str, ImageReference]) -> List[str]:
         """:meth:`ImageProxy.list_tags` with the pool's configuration (no member is
-        used)."""
+        used); raises what it raises."""
         return catalog.list_tags(self.config, repository)
 
     def fetch_index(
         self, reference: Union[str, ImageReference]
     ) -> Optional[Tuple[Digest, ImageIndex]]:
         """:meth:`ImageProxy.fetch_index` with the pool's configuration (no member is
-        used)."""
+        used); raises what it raises."""
         return catalog.fetch_index(self.config, reference)
 
     def open_image(self, reference: Union[str, ImageReference]) -> OpenedImage:
-        """Open an image on the least busy member; it stays bound to that member."""
+        """Open an image on the least busy member; it stays bound to that member.
+
+        A member whose skopeo failed is replaced first. Raises what
+        :meth:`ImageProxy.open_image` raises (:class:`ImageNotFoundError`,
+        :class:`RequestError` ...), and :class:`PoolShutdownError` after :meth:`close`.
+        """
         img = self._open(reference, optional=False)
         assert img is not None
         return img
@@ -217,37 +223,51 @@ class ProxyPool(PoolFront[ImageProxy]):
     def open_image_optional(
         self, reference: Union[str, ImageReference]
     ) -> Optional[OpenedImage]:
-        """:meth:`open_image`, or None if the image does not exist."""
+        """:meth:`open_image`, or None where it would raise :class:`ImageNotFoundError`;
+        other failures raise as :meth:`open_image` does."""
         return self._open(reference, optional=True)
 
     def close_image(self, img: OpenedImage) -> None:
-        """Release an opened image in the member that opened it."""
+        """Release an opened image in the member that opened it. Closing twice is harmless;
+        raises :class:`ProxyError` only for an image of another proxy or pool."""
         self._owner(img).close_image(img)
 
     def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
-        """See :meth:`ImageProxy.fetch_manifest_raw_oci`."""
+        """:meth:`ImageProxy.fetch_manifest_raw_oci`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return self._owner(img).fetch_manifest_raw_oci(img)
 
     def fetch_manifest(self, img: OpenedImage) -> Tuple[Digest, ImageManifest]:
-        """See :meth:`ImageProxy.fetch_manifest`."""
+        """:meth:`ImageProxy.fetch_manifest`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return self._owner(img).fetch_manifest(img)
 
     def fetch_config_raw(self, img: OpenedImage) -> bytes:
-        """See :meth:`ImageProxy.fetch_config_raw`."""
+        """:meth:`ImageProxy.fetch_config_raw`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return self._owner(img).fetch_config_raw(img)
 
     def fetch_config(self, img: OpenedImage) -> ImageConfig:
-        """See :meth:`ImageProxy.fetch_config`."""
+        """:meth:`ImageProxy.fetch_config`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return self._owner(img).fetch_config(img)
 
     def get_layer_info(self, img: OpenedImage) -> List[LayerInfo]:
-        """See :meth:`ImageProxy.get_layer_info`."""
+        """:meth:`ImageProxy.get_layer_info`,
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return self._owner(img).get_layer_info(img)
 
     def get_blob(
         self, img: OpenedImage, digest: Union[str, Digest], size: Optional[int] = None
     ) -> BlobReader:
-        """See :meth:`ImageProxy.get_blob` (``with`` or ``await``)."""
+        """:meth:`ImageProxy.get_blob` (``with`` or ``await``),
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return backend.opening(self._get_blob(img, digest, size))
 
     def _get_blob(
@@ -258,7 +278,9 @@ class ProxyPool(PoolFront[ImageProxy]):
     def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
     ) -> BlobReader:
-        """See :meth:`ImageProxy.get_descriptor` (``with`` or ``await``)."""
+        """:meth:`ImageProxy.get_descriptor` (``with`` or ``await``),
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
     def get_raw_blob(
@@ -269,7 +291,9 @@ class ProxyPool(PoolFront[ImageProxy]):
         *,
         verify: bool = False,
     ) -> BlobReader:
-        """See :meth:`ImageProxy.get_raw_blob` (``with`` or ``await``)."""
+        """:meth:`ImageProxy.get_raw_blob` (``with`` or ``await``),
+        on the member that opened the image: raises what it raises, and :class:`ProxyError`
+        when that member's skopeo has failed (the image is lost with it)."""
         return backend.opening(self._get_raw_blob(img, digest, size, verify))
 
     def _get_raw_blob(

@@ -328,7 +328,9 @@ class ImageProxy(FrontEnd):
         return catalog.fetch_index(self._config, reference)
 
     def close_image(self, img: OpenedImage) -> None:
-        """Release an opened image in the proxy. Closing twice is harmless."""
+        """Release an opened image in the proxy. Closing twice is harmless; closing an image
+        after the proxy closed does nothing. Raises :class:`ProxyError` for an image of
+        another proxy, and the proxy's own failures (:class:`ProxyExitedError` ...)."""
         if img.closed and img._owner is self:
             return
         image_id = self._session.check_image(self, img)
@@ -338,11 +340,23 @@ class ImageProxy(FrontEnd):
         self._run(ops.close_image(self._session, image_id))
 
     def fetch_manifest_raw_oci(self, img: OpenedImage) -> Tuple[Digest, bytes]:
-        """The image's manifest in OCI form, and the digest of the manifest as stored."""
+        """The image's manifest in OCI form, and the digest of the manifest as stored.
+
+        Raises :class:`RequestError` when skopeo refuses, :class:`ProxyError` for an image of
+        another proxy or one already closed, and the proxy's own failures
+        (:class:`ProxyExitedError`, :class:`ProxyStalledError`, :class:`ProtocolError`,
+        :class:`MetadataTooLargeError`).
+        """
         return self._run(ops.fetch_manifest_raw(self._session.check_image(self, img)))
 
     def fetch_manifest(self, img: OpenedImage) -> Tuple[Digest, ImageManifest]:
-        """The image's manifest, parsed, and the digest of the manifest as stored."""
+        """The image's manifest, parsed, and the digest of the manifest as stored.
+
+        Raises :class:`RequestError` when skopeo refuses, :class:`ProxyError` for an image of
+        another proxy or one already closed, and the proxy's own failures
+        (:class:`ProxyExitedError`, :class:`ProxyStalledError`, :class:`ProtocolError`,
+        :class:`MetadataTooLargeError`).
+        """
         return self._run(ops.fetch_manifest(self._session.check_image(self, img)))
 
     def fetch_config_raw(self, img: OpenedImage) -> bytes:
@@ -369,11 +383,26 @@ class ImageProxy(FrontEnd):
         return data
 
     def fetch_config(self, img: OpenedImage) -> ImageConfig:
-        """The image's OCI config, parsed."""
+        """The image's OCI config, parsed.
+
+        Raises :class:`RequestError` when skopeo refuses, :class:`ProxyError` for an image of
+        another proxy or one already closed, and the proxy's own failures
+        (:class:`ProxyExitedError`, :class:`ProxyStalledError`, :class:`ProtocolError`,
+        :class:`MetadataTooLargeError`). An OCI artifact,
+        whose config is not an image config, raises :class:`RequestError` saying so
+        (:meth:`fetch_config_raw` gives its config blob).
+        """
         return self._run(ops.fetch_config(self._session.check_image(self, img)))
 
     def get_layer_info(self, img: OpenedImage) -> List[LayerInfo]:
-        """The layers as a copy would fetch them (digest, size, media type)."""
+        """The layers as a copy would fetch them (digest, size, media type).
+
+        Raises :class:`RequestError` when skopeo refuses, :class:`ProxyError` for an image of
+        another proxy or one already closed, and the proxy's own failures
+        (:class:`ProxyExitedError`, :class:`ProxyStalledError`, :class:`ProtocolError`,
+        :class:`MetadataTooLargeError`).
+        :class:`ProxyTooOldError` for ``containers-storage:`` on protocol 0.2.3.
+        """
         image_id = self._session.check_image(self, img)
         return self._run(ops.get_layer_info(self._session, image_id, img.reference))
 
@@ -412,7 +441,8 @@ class ImageProxy(FrontEnd):
     def get_descriptor(
         self, img: OpenedImage, descriptor: Union[Descriptor, LayerInfo]
     ) -> BlobReader:
-        """:meth:`get_blob` for a descriptor or layer info (same use, same errors)."""
+        """:meth:`get_blob` for a descriptor or layer info (same use; raises what
+        :meth:`get_blob` raises)."""
         return backend.opening(self._get_blob(img, descriptor.digest, descriptor.size))
 
     def get_raw_blob(

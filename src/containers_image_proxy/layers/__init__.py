@@ -120,7 +120,8 @@ async def unpack_async(
     """The async twin of :func:`unpack`, for an AsyncImageProxy.
 
     The engine runs in a worker thread that reads the blobs through the caller's loop;
-    cancelling stops it, removes the staged tree and leaves ``dest`` as it was.
+    cancelling stops it, removes the staged tree and leaves ``dest`` as it was. Raises what
+    :func:`unpack` raises.
     """
     import asyncio
 
@@ -133,7 +134,8 @@ async def unpack_async(
 async def read_file_async(
     proxy: AsyncProxy, image: Any, path: str, *, max_size: Optional[int] = None
 ) -> bytes:
-    """The async twin of :func:`read_file`, for an AsyncImageProxy."""
+    """The async twin of :func:`read_file`, for an AsyncImageProxy; raises what it raises
+    (cancelling stops the worker and waits for its cleanup)."""
     import asyncio
 
     bridge = Bridge(asyncio.get_running_loop())
@@ -146,7 +148,8 @@ async def read_file_async(
 async def read_files_async(
     proxy: AsyncProxy, image: Any, paths: Iterable[str], *, max_size: Optional[int] = None
 ) -> dict[str, bytes]:
-    """The async twin of :func:`read_files`, for an AsyncImageProxy."""
+    """The async twin of :func:`read_files`, for an AsyncImageProxy; raises what it raises
+    (cancelling stops the worker and waits for its cleanup)."""
     import asyncio
 
     wanted = list(paths)
