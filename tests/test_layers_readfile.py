@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from containers_image_proxy import ProxyError
 from containers_image_proxy.layers import (
     LayerDigestError,
     UnsafeLayerError,
@@ -322,3 +323,21 @@ def test_reading_does_not_need_a_directory(tmp_path: Path) -> None:
     os.chdir(tmp_path)
     assert read(img, "a") == b"x"
     assert os.listdir(tmp_path) == []
+
+
+def test_errors_name_paths_absolute_as_in_the_image() -> None:
+    img = image([f("etc/passwd", b"root:x"), d("etc/dir"), sym("loop", "loop")])
+    for asked, error in [
+        ("etc/nope", FileNotFoundError),
+        ("/etc/dir", IsADirectoryError),
+        ("etc/dir", IsADirectoryError),
+        ("etc/passwd/x", FileNotFoundError),
+    ]:
+        with pytest.raises(error) as caught:
+            read_file_from_layers(img.sources, asked)
+        assert caught.value.filename == "/" + asked.lstrip("/"), asked
+    with pytest.raises(OSError) as looped:
+        read_file_from_layers(img.sources, "loop")
+    assert looped.value.errno == errno.ELOOP and looped.value.filename == "/loop"
+    with pytest.raises(ProxyError, match="^/etc/passwd: the file is 6 bytes"):
+        read_file_from_layers(img.sources, "etc/passwd", max_size=3)

@@ -25,7 +25,7 @@ from .._errors import ConfigurationError
 from ._content import sparse_map
 from ._engine import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Keep, LayerRules
 from ._errors import UnsafeLayerError
-from ._paths import MAX_SYMLINKS, Path, check_depth, join
+from ._paths import MAX_SYMLINKS, Path, check_depth, image_path
 from ._source import (
     AsyncProxy,
     Bridge,
@@ -58,7 +58,8 @@ class DirEntry:
     ``os.stat`` does); ``size`` a regular file's size (0 otherwise); ``mtime`` seconds since
     the epoch; ``linkname`` a symlink's target; ``device`` (major, minor) of a device node;
     ``nlink`` how many names the merged tree has for the same file (hardlinks); ``layer``
-    the digest of the layer that wrote the entry last.
+    the digest of the layer that wrote the entry last (for a hardlink, the layer that wrote
+    the link, not its target's).
     """
 
     name: str
@@ -272,15 +273,17 @@ class MemoryTree:
             cur = nodes[-1]
             if cur.children is None:
                 if create:
-                    raise UnsafeLayerError(entry, f"{join(tuple(real))} is not a directory")
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", "/" + join(tuple(real)))
+                    raise UnsafeLayerError(entry, f"{image_path(tuple(real))} is not a directory")
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", image_path(tuple(real)))
             node = cur.children.get(part)
             if node is not None and node.kind == SYMLINK:
                 links += 1
                 if links > MAX_SYMLINKS:
                     if create:
                         raise UnsafeLayerError(entry, "too many levels of symbolic links")
-                    raise OSError(errno.ELOOP, "too many levels of symbolic links", entry)
+                    raise OSError(
+                        errno.ELOOP, "too many levels of symbolic links", image_path(entry)
+                    )
                 if node.linkname.startswith("/"):
                     # Absolute targets point into the image's root, not the host's.
                     del nodes[1:]
@@ -299,7 +302,7 @@ class MemoryTree:
             real.append(part)
         if create and nodes[-1].children is None:
             # a parent being made for an entry is a file (or device ...): as unpack says
-            raise UnsafeLayerError(entry, f"{join(tuple(real))} is not a directory")
+            raise UnsafeLayerError(entry, f"{image_path(tuple(real))} is not a directory")
         return nodes[-1], tuple(real)
 
 
@@ -322,25 +325,35 @@ class MergedTree(LayerRules[_Node]):
 
         Symlinks are followed inside the image's root, the last component included.
         Raises FileNotFoundError when the merged tree has no such path, NotADirectoryError
-        when a component above the last is not a directory.
+        when a component above the last is not a directory (their ``filename`` is the path
+        made absolute, as in the image).
         """
         if not isinstance(path, str) or "\0" in path:
             raise ConfigurationError(f"not a valid path: {path!r}")
         # Not cleaned lexically: ".." is resolved as the walk meets it, as the kernel does.
         found = self.memory.walk(path.split("/"), entry=path, create=False)
         if found is None:
-            raise FileNotFoundError(errno.ENOENT, "no such file or directory in the image", path)
+            raise FileNotFoundError(
+                errno.ENOENT, "no such file or directory in the image", image_path(path)
+            )
         node, real = found
-        if node.children is None:
-            parent = real[:-1]
-            return [self._entry(real[-1] if real else "/", parent, node)]
-        return [self._entry(name, real, node.children[name]) for name in sorted(node.children)]
+        if node.children is None:  # real names no symlink: its parent is a plain walk
+            parent = self.root
+            for part in real[:-1]:
+                assert parent.children is not None
+                parent = parent.children[part]
+            return [self._entry(real[-1], real[:-1], node, parent.linked.get(real[-1]))]
+        return [
+            self._entry(name, real, node.children[name], node.linked.get(name))
+            for name in sorted(node.children)
+        ]
 
     @staticmethod
-    def _entry(name: str, parent: Path, node: _Node) -> DirEntry:
+    def _entry(name: str, parent: Path, node: _Node, linked: Optional[str]) -> DirEntry:
+        """``linked``: the layer that wrote this name as a hardlink, if it is one."""
         return DirEntry(
             name=name,
-            path="/" + "/".join((*parent, name)),
+            path=image_path((*parent, name)),
             kind=node.kind,
             mode=node.mode,
             uid=node.uid,
@@ -350,7 +363,7 @@ class MergedTree(LayerRules[_Node]):
             linkname=node.linkname,
             device=node.device,
             nlink=max(1, node.nlink),
-            layer=node.layer,
+            layer=node.layer if linked is None else linked,
         )
 
 
