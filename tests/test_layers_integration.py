@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from containers_image_proxy import AsyncImageProxy, ImageProxy, ProxyConfig
+from containers_image_proxy import AsyncImageProxy, ImageProxy, ProxyConfig, TransferProgress
 from containers_image_proxy.layers import read_file, read_file_async, unpack, unpack_async
 from test_layers_support import d, f, hl, make_tar, sym, wh
 
@@ -71,3 +72,51 @@ def test_async_twins(config: ProxyConfig, image_ref: str, tmp_path: Path) -> Non
 
     asyncio.run(main())
     assert (tmp_path / "root/etc/os-release").read_bytes() == b"ID=top\n"
+
+
+def check_reports(reports: list[TransferProgress], layers: list[tuple[str, int]]) -> None:
+    """One transfer per layer blob, in order, counting up to the layer's size."""
+    by_digest: dict[str, list[TransferProgress]] = {}
+    for report in reports:
+        by_digest.setdefault(report.digest, []).append(report)
+    assert list(by_digest) == [digest for digest, _ in layers]
+    for digest, size in layers:
+        mine = by_digest[digest]
+        assert all(r.total == size and not r.local for r in mine), mine
+        dones = [r.done for r in mine]
+        assert dones[0] == 0 and dones == sorted(dones)
+        assert dones[-1] == size and [r.finished for r in mine].count(True) == 1
+
+
+def test_unpack_reports_progress_per_layer(
+    config: ProxyConfig, image_ref: str, tmp_path: Path
+) -> None:
+    reports: list[TransferProgress] = []
+    with ImageProxy(config) as proxy, proxy.open_image(image_ref) as img:
+        layers = [(str(i.digest), i.size) for i in proxy.get_layer_info(img)]
+        unpack(proxy, img, tmp_path / "root", rootless=True, progress=reports.append)
+    check_reports(reports, layers)
+    assert (tmp_path / "root/etc/os-release").read_bytes() == b"ID=top\n"
+
+
+def test_unpack_async_reports_progress_on_the_loop(
+    config: ProxyConfig, image_ref: str, tmp_path: Path
+) -> None:
+    reports: list[TransferProgress] = []
+    threads: set[int] = set()
+
+    def on_report(report: TransferProgress) -> None:
+        threads.add(threading.get_ident())
+        reports.append(report)
+
+    async def main() -> list[tuple[str, int]]:
+        async with AsyncImageProxy(config) as proxy:
+            img = await proxy.open_image(image_ref)
+            async with img:
+                infos = await proxy.get_layer_info(img)
+                await unpack_async(proxy, img, tmp_path / "root", rootless=True, progress=on_report)
+                return [(str(i.digest), i.size) for i in infos]
+
+    layers = asyncio.run(main())
+    assert threads == {threading.get_ident()}  # asyncio.run's loop runs in this thread
+    check_reports(reports, layers)  # every report, the last ones included, came in time
