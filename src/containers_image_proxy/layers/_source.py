@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from .._bridge import Bridge, BridgedBlob, aopen_reader, run_in_worker
 from .._progress import Meter, ProgressCallback
+from ._compression import check_filesystem_layer
 from ._errors import LayerFormatError
 
 __all__ = ["Bridge", "LayerSource", "async_sources", "run_in_worker", "sync_sources"]
@@ -130,7 +131,15 @@ class AsyncProxy(Protocol):
     async def get_blob(self, image: Any, digest: Any, size: int, /) -> Any: ...
 
 
-def _pair(config: _Config, infos: Sequence[_LayerInfo]) -> list[tuple[_LayerInfo, str]]:
+def _check_layers(infos: Sequence[_LayerInfo]) -> Sequence[_LayerInfo]:
+    """``infos``, once every layer is known to be a tar layer (before any is fetched, and
+    before the config, which an artifact may not have as an image config)."""
+    for info in infos:
+        check_filesystem_layer(info.media_type, str(info.digest))
+    return infos
+
+
+def _pair(infos: Sequence[_LayerInfo], config: _Config) -> list[tuple[_LayerInfo, str]]:
     diff_ids = list(config.rootfs.diff_ids)
     if len(diff_ids) != len(infos):
         raise LayerFormatError(
@@ -146,7 +155,8 @@ def sync_sources(
 
     With ``progress``, each blob's reads are reported to it (one transfer per layer).
     """
-    pairs = _pair(proxy.fetch_config(image), proxy.get_layer_info(image))
+    infos = _check_layers(proxy.get_layer_info(image))
+    pairs = _pair(infos, proxy.fetch_config(image))
 
     def opener(info: _LayerInfo) -> Callable[[], Blob]:
         return _metered(lambda: proxy.get_blob(image, info.digest, info.size), info, progress)
@@ -168,7 +178,8 @@ async def async_sources(
     ``progress`` is called from the thread reading the blobs (the caller puts it on its
     loop).
     """
-    pairs = _pair(await proxy.fetch_config(image), await proxy.get_layer_info(image))
+    infos = _check_layers(await proxy.get_layer_info(image))
+    pairs = _pair(infos, await proxy.fetch_config(image))
 
     def opener(info: _LayerInfo) -> Callable[[], Blob]:
         return _metered(
