@@ -269,3 +269,7 @@ def test_artifact_inspect_config_and_blob(layout_builder: LayoutBuilder, tmp_pat
     out = tmp_path / "module.wasm"
     ok(cli("blob", ref, sha256(wasm), "-o", str(out)))
     assert out.read_bytes() == wasm
+    # Its blob is not a filesystem layer: ls refuses it, naming its media type.
+    refused = cli("ls", ref, "/")
+    assert refused.returncode != 0
+    assert "'application/wasm' is not a filesystem layer" in one_line_error(refused)

@@ -125,3 +125,46 @@ def test_entry_json() -> None:
     (entry,) = merge_layers(image([sym("s", "/etc/x")]).sources).list("/")
     assert entry.to_json()["linkname"] == "/etc/x"
     assert entry.to_json()["kind"] == "symlink"
+
+
+def test_entry_layer_is_the_layer_that_wrote_the_name_last() -> None:
+    img = image(
+        [f("bin/busybox", b"BB"), d("etc"), f("etc/old", b"o"), f("etc/keep", b"k")],
+        [hl("bin/sh", "bin/busybox"), d("etc", mode=0o750), f("etc/old", b"new"), f("n/x", b"")],
+        [hl("bin/ls", "bin/sh")],
+    )
+    lower, middle, top = (src.digest for src in img.sources)
+    tree = merge_layers(img.sources)
+    layers = {e.path: e.layer for e in tree.list("/bin") + tree.list("/etc") + tree.list("/")}
+    # A hardlink names the layer that wrote the link, not the one that wrote its target.
+    assert layers["/bin/busybox"] == lower
+    assert layers["/bin/sh"] == middle
+    assert layers["/bin/ls"] == top
+    assert layers["/etc/keep"] == lower
+    assert layers["/etc/old"] == middle  # replaced
+    assert layers["/etc"] == middle  # a directory entry over a directory merges, and names it
+    assert layers["/n"] == middle  # implied by n/x
+    assert layers["/bin"] == lower
+    # A non-directory lists itself, with its own name's layer too.
+    ((sh,), (busybox,)) = tree.list("/bin/sh"), tree.list("/bin/busybox")
+    assert (sh.layer, sh.nlink, busybox.layer, busybox.nlink) == (middle, 3, lower, 3)
+    # A later plain file over the link name takes it back from the link.
+    again = image(*[[f("bin/busybox", b"BB")], [hl("bin/sh", "bin/busybox")], [f("bin/sh", b"")]])
+    ((sh,),) = (merge_layers(again.sources).list("/bin/sh"),)
+    assert (sh.layer, sh.nlink) == (again.sources[2].digest, 1)
+
+
+def test_missing_paths_are_named_absolute() -> None:
+    img = image([f("etc/passwd", b"root"), sym("lnk", "etc/passwd")])
+    tree = merge_layers(img.sources)
+    for asked in ("etc/nope", "/etc/nope"):
+        with pytest.raises(FileNotFoundError) as missing:
+            tree.list(asked)
+        assert missing.value.filename == "/etc/nope"
+    with pytest.raises(NotADirectoryError) as not_dir:
+        tree.list("etc/passwd/x")
+    assert not_dir.value.filename == "/etc/passwd"
+    ((entry,),) = (tree.list("lnk"),)
+    assert entry.path == "/etc/passwd"
+    with pytest.raises(UnsafeLayerError, match="/file is not a directory"):
+        list_dir_from_layers(image([f("file", b"x"), f("file/below", b"y")]).sources)

@@ -15,8 +15,9 @@ from typing import Any, Optional
 
 import pytest
 
-from containers_image_proxy import BlobVerificationError, ProxyError
+from containers_image_proxy import BlobVerificationError, ProxyError, TransferProgress
 from containers_image_proxy.layers import (
+    LayerDigestError,
     LayerFormatError,
     UnsafeLayerError,
     copy_file,
@@ -180,6 +181,18 @@ def test_blob_verification_errors_propagate_and_nothing_is_left(tmp_path: Path) 
         unpack(proxy, "IMG", tmp_path / "root", rootless=True)
     assert os.listdir(tmp_path) == []
     assert all(r.was_closed for r in proxy.readers)
+
+
+def test_a_layer_that_fails_verification_reports_no_completion(tmp_path: Path) -> None:
+    wrong = [LAYERS[0].diff_id, "sha256:" + "0" * 64, LAYERS[2].diff_id]
+    reports: list[TransferProgress] = []
+    with pytest.raises(LayerDigestError):
+        unpack(FakeProxy(LAYERS, wrong), "IMG", tmp_path / "root", rootless=True,
+               progress=reports.append)  # fmt: skip
+    finished = [r.digest for r in reports if r.finished]
+    assert finished == [LAYERS[0].digest]  # the verified layer only
+    assert any(r.digest == LAYERS[1].digest for r in reports)  # it was being read
+    assert all(r.digest != LAYERS[2].digest for r in reports)  # never opened
 
 
 def test_unsafe_layer_through_a_proxy(tmp_path: Path) -> None:

@@ -12,12 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from containers_image_proxy import ProxyError
 from containers_image_proxy.layers import (
     LayerDigestError,
     UnsafeLayerError,
+    merge_layers,
     read_file_from_layers,
     unpack_layers,
 )
+from test_cli_ls import listed, on_disk
 from test_layers_support import E, Image, blob, d, f, hl, image, sha256, sym, wh
 
 
@@ -289,19 +292,30 @@ def read_merged(img: Image, path: str) -> Optional[bytes]:
     max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
 @given(stacks())
-def test_read_file_agrees_with_unpack(
+def test_read_file_and_list_dir_agree_with_unpack(
     tmp_path_factory: pytest.TempPathFactory, layers: list[list[E]]
 ) -> None:
     img = image(*layers)
     dest = tmp_path_factory.mktemp("agree") / "root"
     try:
         unpack_layers(img.sources, dest, rootless=True)
-    except UnsafeLayerError:
+    except UnsafeLayerError as e:
+        # list_dir applies every entry with the same rules: it refuses the same one.
+        with pytest.raises(UnsafeLayerError) as listing_error:
+            merge_layers(img.sources)
+        assert (listing_error.value.entry, listing_error.value.reason) == (e.entry, e.reason)
         return  # read_file may or may not meet the same entry; nothing to compare
     for path in [*NAMES, "a/x/z/.."]:
         expected = read_in_root(str(dest), path)
         got = read_merged(img, path)
         assert got == expected, f"{path}: {got!r} != {expected!r} in {describe(layers)}"
+    # Every directory of the unpacked tree lists as the in-memory merge says.
+    tree = merge_layers(img.sources)
+    for dirpath, _dirs, _files in os.walk(dest):
+        rel = os.path.relpath(dirpath, dest)
+        rel = "" if rel == "." else rel
+        got_list, want = listed(tree.list("/" + rel)), on_disk(dest, rel)
+        assert got_list == want, f"/{rel}: {got_list} != {want} in {describe(layers)}"
 
 
 def test_reading_does_not_need_a_directory(tmp_path: Path) -> None:
@@ -309,3 +323,21 @@ def test_reading_does_not_need_a_directory(tmp_path: Path) -> None:
     os.chdir(tmp_path)
     assert read(img, "a") == b"x"
     assert os.listdir(tmp_path) == []
+
+
+def test_errors_name_paths_absolute_as_in_the_image() -> None:
+    img = image([f("etc/passwd", b"root:x"), d("etc/dir"), sym("loop", "loop")])
+    for asked, error in [
+        ("etc/nope", FileNotFoundError),
+        ("/etc/dir", IsADirectoryError),
+        ("etc/dir", IsADirectoryError),
+        ("etc/passwd/x", FileNotFoundError),
+    ]:
+        with pytest.raises(error) as caught:
+            read_file_from_layers(img.sources, asked)
+        assert caught.value.filename == "/" + asked.lstrip("/"), asked
+    with pytest.raises(OSError) as looped:
+        read_file_from_layers(img.sources, "loop")
+    assert looped.value.errno == errno.ELOOP and looped.value.filename == "/loop"
+    with pytest.raises(ProxyError, match="^/etc/passwd: the file is 6 bytes"):
+        read_file_from_layers(img.sources, "etc/passwd", max_size=3)

@@ -233,3 +233,24 @@ def test_hardlink_entries_have_no_data_object() -> None:
     tar = make_tar([f("a", b"1"), hl("b", "a")])
     got = entries_of(LayerStream(io.BytesIO(tar), OCI_TAR))
     assert got == [("a", b"1"), ("b", None)]
+
+
+def test_only_tar_layer_media_types_are_filesystem_layers() -> None:
+    from containers_image_proxy.layers._compression import check_filesystem_layer
+
+    for media_type in (
+        OCI_GZIP,
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "",  # Docker schema 1: no media type, always a tar
+    ):
+        check_filesystem_layer(media_type)
+    for media_type in ("application/wasm", "application/vnd.oci.image.config.v1+json"):
+        with pytest.raises(LayerFormatError, match="is not a filesystem layer") as caught:
+            check_filesystem_layer(media_type, "sha256:" + "a" * 64)
+        assert media_type in str(caught.value) and caught.value.layer == "sha256:" + "a" * 64
+    with pytest.raises(LayerFormatError, match="encrypted"):
+        check_filesystem_layer(OCI_GZIP + "+encrypted")

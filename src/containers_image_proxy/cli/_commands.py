@@ -380,6 +380,7 @@ def cmd_blob(ctx: Context) -> int:
 def cmd_cat(ctx: Context) -> int:
     """One file of the merged filesystem to standard output, in bounded chunks."""
     from ..layers import copy_file
+    from ..layers._paths import image_path
 
     path: str = ctx.args.path
     started = False
@@ -395,15 +396,15 @@ def cmd_cat(ctx: Context) -> int:
         try:
             copy_file(ProgressProxy(proxy, ctx.reporter), img, path, write)
         except IsADirectoryError:
-            raise CliError(f"{path}: is a directory in the image") from None
+            raise CliError(f"{image_path(path)}: is a directory in the image") from None
         except FileNotFoundError as e:
             if isinstance(e, ProxyError):
                 raise
-            raise not_found(f"{path}: no such file in the image") from None
+            raise not_found(f"{image_path(path)}: no such file in the image") from None
         except OSError as e:
             if isinstance(e, ProxyError):
                 raise
-            raise CliError(f"{path}: {e.strerror or e}") from None
+            raise CliError(f"{image_path(path)}: {e.strerror or e}") from None
     ctx.reporter.close()
     return OK
 
@@ -419,6 +420,7 @@ def _format_mtime(mtime: float) -> str:
 def cmd_ls(ctx: Context) -> int:
     """A directory listing of the merged filesystem."""
     from ..layers import list_dir
+    from ..layers._paths import image_path
 
     path: str = ctx.args.path
     with opened(ctx) as (proxy, img):
@@ -427,12 +429,12 @@ def cmd_ls(ctx: Context) -> int:
         except (FileNotFoundError, NotADirectoryError) as e:
             if isinstance(e, ProxyError):
                 raise
-            where = shell_escape(path)
+            where = shell_escape(image_path(path))
             raise not_found(f"{where}: no such file or directory in the image") from None
         except OSError as e:
             if isinstance(e, ProxyError):
                 raise
-            raise CliError(f"{shell_escape(path)}: {e.strerror or e}") from None
+            raise CliError(f"{shell_escape(image_path(path))}: {e.strerror or e}") from None
     ctx.reporter.close()
     if ctx.args.json:
         ctx.print_json([entry.to_json() for entry in entries])

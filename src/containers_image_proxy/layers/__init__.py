@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, Callable, Optional, Union
 
+from .._progress import ProgressCallback, TransferProgress
 from ._compression import DecompressingReader
 from ._errors import LayerDigestError, LayerFormatError, UnsafeLayerError
 from ._listing import (
@@ -42,7 +43,14 @@ from ._unpack import check_dest, unpack_layers
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def unpack(proxy: SyncProxy, image: Any, dest: PathLike, *, rootless: bool = False) -> None:
+def unpack(
+    proxy: SyncProxy,
+    image: Any,
+    dest: PathLike,
+    *,
+    rootless: bool = False,
+    progress: Optional[ProgressCallback] = None,
+) -> None:
     """Unpack ``image`` (an OpenedImage of ``proxy``) into the directory ``dest``.
 
     ``dest`` must not exist yet or be an empty directory. Layers are applied in order with
@@ -55,9 +63,15 @@ def unpack(proxy: SyncProxy, image: Any, dest: PathLike, *, rootless: bool = Fal
     Raises UnsafeLayerError for an entry that cannot be honoured inside ``dest``,
     LayerDigestError when a layer does not match its diff_id, LayerFormatError for a layer
     that is not a readable tar, ConfigurationError for an unusable ``dest``.
+
+    ``progress``, when given, receives a :class:`~containers_image_proxy.TransferProgress`
+    per layer blob as it is read (``digest`` the layer's compressed digest, ``done`` the
+    compressed bytes read so far, ``total`` the layer's size), at a bounded rate, the last
+    one, with ``done == total``, once the layer is read and verified. It is called from
+    the thread that fetches the layers.
     """
     check_dest(dest)  # before any download
-    unpack_layers(sync_sources(proxy, image), dest, rootless=rootless)
+    unpack_layers(sync_sources(proxy, image, progress), dest, rootless=rootless)
 
 
 def read_file(proxy: SyncProxy, image: Any, path: str, *, max_size: Optional[int] = None) -> bytes:
@@ -115,19 +129,32 @@ def read_files(
 
 
 async def unpack_async(
-    proxy: AsyncProxy, image: Any, dest: PathLike, *, rootless: bool = False
+    proxy: AsyncProxy,
+    image: Any,
+    dest: PathLike,
+    *,
+    rootless: bool = False,
+    progress: Optional[ProgressCallback] = None,
 ) -> None:
     """The async twin of :func:`unpack`, for an AsyncImageProxy.
 
     The engine runs in a worker thread that reads the blobs through the caller's loop;
-    cancelling stops it, removes the staged tree and leaves ``dest`` as it was. Raises what
-    :func:`unpack` raises.
+    cancelling stops it, removes the staged tree and leaves ``dest`` as it was.
+    ``progress`` is called on the caller's event loop. Raises what :func:`unpack` raises.
     """
     import asyncio
 
     check_dest(dest)
-    bridge = Bridge(asyncio.get_running_loop())
-    sources = await async_sources(proxy, image, bridge)
+    loop = asyncio.get_running_loop()
+    bridge = Bridge(loop)
+    on_loop: Optional[ProgressCallback] = None
+    if progress is not None:
+        callback = progress
+
+        def on_loop(report: TransferProgress) -> None:
+            loop.call_soon_threadsafe(callback, report)
+
+    sources = await async_sources(proxy, image, bridge, on_loop)
     await run_in_worker(bridge, lambda: unpack_layers(sources, dest, rootless=rootless))
 
 

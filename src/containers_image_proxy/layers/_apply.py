@@ -1,9 +1,9 @@
-"""Applying layer entries to a tree, with OCI whiteout semantics.
+"""The disk backend of the layer rules: a tree written under a directory, confined.
 
-Every entry's parent is resolved inside the root (symlinks followed, confined), the entry
-itself is never followed: an existing entry is replaced, except a directory over a
-directory, which merges. Whiteouts (``.wh.NAME``) and opaque markers (``.wh..wh..opq``)
-hide what lower layers put there, never what the same layer adds (OCI image spec).
+The rules themselves (whiteouts, opaque directories, merges, hardlinks ...) are
+``_engine.LayerRules``; :class:`DiskTree` carries them out through directory descriptors
+(``_paths``): every parent is resolved inside the root in user space, the entry itself is
+never followed, so no name or link in a layer reaches outside the root.
 """
 
 from __future__ import annotations
@@ -16,21 +16,40 @@ import tarfile
 from typing import Any, Callable, Optional, Union
 
 from ._content import data_fragments, write_fragments
-from ._errors import UnsafeLayerError
-from ._meta import CAPABILITY_XATTR, check_entry, entry_times, entry_xattrs
-from ._paths import DirChain, Path, Root, check_link_target, clean_name, lstat_at, remove_at
+from ._engine import DIR, FIFO, FILE, SYMLINK, Keep, LayerRules
+from ._meta import CAPABILITY_XATTR, entry_times, entry_xattrs
+from ._paths import DirChain, Path, Root, lstat_at, remove_at
 
 log = logging.getLogger("containers_image_proxy.layers")
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SETID = stat.S_ISUID | stat.S_ISGID
 
 
-class TreeWriter:
-    """Applies layers, in order, to the tree under ``root``.
+class TreeWriter(LayerRules[int]):
+    """Applies layers, in order, to the tree under ``root`` (see :class:`DiskTree`)."""
+
+    def __init__(self, root: Root, *, rootless: bool = False) -> None:
+        self.disk = DiskTree(root, rootless=rootless)
+        super().__init__(self.disk)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Entries not created (device nodes where that is not permitted)."""
+        return self.disk.skipped
+
+    def set_default_root(self, mode: int) -> None:
+        """The root's mode when no layer has a ``./`` entry for it."""
+        self.disk.set_default_root(mode)
+
+    def finish(self) -> None:
+        """Apply directory modes and times, after the last layer."""
+        self.disk.finish()
+
+
+class DiskTree:
+    """The tree under ``root``, written through descriptors: a backend of LayerRules.
 
     Directory modes and times are applied by :meth:`finish` once every layer is in:
     children written later would change a directory's mtime, and a read-only directory
@@ -48,47 +67,8 @@ class TreeWriter:
         self._dirs: dict[Path, tuple[int, int, int]] = {}
         # The recorded directories as a tree: path -> names of children leading to records.
         self._dir_kids: dict[Path, set[str]] = {}
-        self._upper: set[Path] = set()
-        self._upper_parents: set[Path] = set()
         self.layer = ""
         self.skipped: list[str] = []
-
-    # --- layers -------------------------------------------------------------------------
-
-    def begin_layer(self, layer: str = "") -> None:
-        """Start a layer (``layer`` names it in errors)."""
-        self.layer = layer
-        self._upper.clear()
-        self._upper_parents.clear()
-
-    def apply(self, info: tarfile.TarInfo, data: Any = None) -> None:
-        """Apply one entry; ``data`` is a regular file's content (see ``data_fragments``)."""
-        name = info.name
-        try:
-            check_entry(info)
-            path = clean_name(name)
-            if path and path[-1].startswith(WHITEOUT_PREFIX):
-                self._whiteout(path, name)
-            elif not path:
-                if not info.isdir():
-                    raise UnsafeLayerError(name, "a non-directory cannot replace the root")
-                self._root_dir(info)
-            else:
-                res = self._root.resolve_dir(
-                    path[:-1], entry=name, create=True, on_create=self._implicit_dir
-                )
-                assert res is not None
-                pfd, parent = res
-                try:
-                    self._create(pfd, parent, path[-1], info, data)
-                finally:
-                    os.close(pfd)
-        except UnsafeLayerError as e:
-            raise e.with_layer(self.layer) from e.__cause__
-        except OSError as e:
-            if e.errno in (errno.ENAMETOOLONG, errno.EILSEQ):
-                raise UnsafeLayerError(name, f"not a valid name ({e.strerror})", self.layer) from e
-            raise
 
     def set_default_root(self, mode: int) -> None:
         """The root's mode when no layer has a ``./`` entry for it."""
@@ -131,28 +111,87 @@ class TreeWriter:
                 raise
         return True
 
-    # --- bookkeeping ----------------------------------------------------------------------
+    # --- the backend protocol --------------------------------------------------------------
 
-    def _add_upper(self, path: Path) -> None:
-        self._upper.add(path)
-        for i in range(len(path) - 1, -1, -1):
-            prefix = path[:i]
-            if prefix in self._upper_parents:
-                break  # and so are all of its own prefixes
-            self._upper_parents.add(prefix)
+    def begin_layer(self, layer: str) -> None:
+        self.layer = layer
 
-    def _implicit_dir(self, fd: int, path: Path) -> None:
-        self._add_upper(path)
+    def check(self, info: tarfile.TarInfo) -> None:
+        pass  # a file's sparse map is checked as its data is written
 
-    def _keeper(self, base: Path) -> Optional[Callable[[str], bool]]:
-        if not self._upper:
+    def resolve_dir(
+        self, path: Path, *, entry: str, create: bool, on_create: Callable[[Path], None]
+    ) -> Optional[tuple[int, Path]]:
+        return self._root.resolve_dir(
+            path, entry=entry, create=create, on_create=lambda _fd, real: on_create(real)
+        )
+
+    def release(self, handle: int) -> None:
+        os.close(handle)
+
+    def lookup(self, parent: int, name: str) -> Optional[str]:
+        st = lstat_at(parent, name)
+        if st is None:
             return None
+        return DIR if stat.S_ISDIR(st.st_mode) else FILE  # only DIR or not matters
 
-        def keep(rel: str) -> bool:
-            path = base + tuple(rel.split("/")) if rel else base
-            return path in self._upper or path in self._upper_parents
+    def names(self, parent: int) -> list[str]:
+        return os.listdir(parent)
 
-        return keep
+    def remove(self, parent: int, name: str, path: Path, keep: Optional[Keep]) -> None:
+        rel_keep: Optional[Callable[[str], bool]] = None
+        if keep is not None:
+
+            def rel_keep(rel: str) -> bool:
+                return keep((*path, *rel.split("/")) if rel else path)
+
+        remove_at(parent, name, rel_keep)
+        self._forget_removed(path, keep)
+
+    def set_root(self, info: tarfile.TarInfo, mtime: int) -> None:
+        fd = os.dup(self._root.fd)
+        try:
+            self._dir_meta(fd, (), info)
+        finally:
+            os.close(fd)
+
+    def merge_dir(
+        self, parent: int, name: str, path: Path, info: tarfile.TarInfo, mtime: int
+    ) -> None:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        try:
+            self._dir_meta(fd, path, info)
+        finally:
+            os.close(fd)
+
+    def create(
+        self,
+        parent: int,
+        name: str,
+        path: Path,
+        kind: str,
+        info: tarfile.TarInfo,
+        data: Any,
+        mtime: int,
+    ) -> None:
+        if kind == FILE:
+            self._regular(parent, name, info, data)
+        elif kind == DIR:
+            os.mkdir(name, 0o700, dir_fd=parent)
+            self.merge_dir(parent, name, path, info, mtime)
+        elif kind == SYMLINK:
+            os.symlink(info.linkname, name, dir_fd=parent)
+            self._meta_at(parent, name, info, symlink=True)
+        elif kind == FIFO:
+            os.mkfifo(name, 0o600, dir_fd=parent)
+            self._meta_at(parent, name, info, symlink=False)
+        else:
+            self._device(parent, name, info)
+
+    def link(self, target_parent: int, target: str, parent: int, name: str, path: Path) -> None:
+        os.link(target, name, src_dir_fd=target_parent, dst_dir_fd=parent, follow_symlinks=False)
+
+    # --- directory records -----------------------------------------------------------------
 
     def _record_dir(self, path: Path, meta: tuple[int, int, int]) -> None:
         if path not in self._dirs:
@@ -163,18 +202,16 @@ class TreeWriter:
                 kids.add(path[i])
         self._dirs[path] = meta
 
-    def _forget_removed(self, base: Path, keep: bool) -> None:
+    def _forget_removed(self, base: Path, keep: Optional[Keep]) -> None:
         """Drop the records of directories that removing ``base`` took away.
 
-        What :func:`remove_at` spares with the keeper of :meth:`_keeper` is what this
-        spares: an entry goes unless it and every directory between it and ``base`` were
-        written by the current layer (or lead to what it wrote).
+        What :func:`remove_at` spares with ``keep`` is what this spares: an entry goes
+        unless it and every directory between it and ``base`` are kept.
         """
-        spared = keep and bool(self._upper)
         todo = [base]
         while todo:
             path = todo.pop()
-            if spared and (path in self._upper or path in self._upper_parents):
+            if keep is not None and keep(path):
                 todo.extend((*path, kid) for kid in self._dir_kids.get(path, ()))
                 continue
             self._drop_records(path)
@@ -193,116 +230,7 @@ class TreeWriter:
             if kids:
                 todo.extend((*path, kid) for kid in kids)
 
-    def _remove(self, dir_fd: int, name: str, path: Path, keep: bool) -> None:
-        remove_at(dir_fd, name, self._keeper(path) if keep else None)
-        self._forget_removed(path, keep)
-
-    # --- whiteouts -----------------------------------------------------------------------
-
-    def _whiteout(self, path: Path, name: str) -> None:
-        base = path[-1]
-        if base != OPAQUE_MARKER and base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
-            return  # AUFS bookkeeping (.wh..wh.plnk and the like), not a whiteout
-        victim = base[len(WHITEOUT_PREFIX) :]
-        if base != OPAQUE_MARKER and victim in ("", ".", ".."):
-            raise UnsafeLayerError(name, "whiteout names no entry, or the directory above it")
-        res = self._root.resolve_dir(path[:-1], entry=name)
-        if res is None:
-            return  # nothing there to hide
-        fd, parent = res
-        try:
-            if base == OPAQUE_MARKER:
-                for child in os.listdir(fd):
-                    self._remove(fd, child, (*parent, child), keep=True)
-            else:
-                self._remove(fd, victim, (*parent, victim), keep=True)
-        finally:
-            os.close(fd)
-
-    # --- entries -------------------------------------------------------------------------
-
-    def _root_dir(self, info: tarfile.TarInfo) -> None:
-        fd = os.dup(self._root.fd)
-        try:
-            self._dir_meta(fd, (), info)
-        finally:
-            os.close(fd)
-
-    def _link_target(self, info: tarfile.TarInfo) -> tuple[int, str, Path]:
-        """The directory descriptor, name and real path of a hardlink's target."""
-        name = info.name
-        target = clean_name(info.linkname, entry=name)
-        if not target:
-            raise UnsafeLayerError(name, "hardlink to the root directory")
-        res = self._root.resolve_dir(target[:-1], entry=name)
-        if res is None:
-            raise UnsafeLayerError(name, f"hardlink target {info.linkname!r} is not in the tree")
-        fd, parent = res
-        st = lstat_at(fd, target[-1])
-        if st is None or stat.S_ISDIR(st.st_mode):
-            os.close(fd)
-            what = "is not in the tree" if st is None else "is a directory"
-            raise UnsafeLayerError(name, f"hardlink target {info.linkname!r} {what}")
-        return fd, target[-1], (*parent, target[-1])
-
-    def _create(
-        self,
-        pfd: int,
-        parent: Path,
-        base: str,
-        info: tarfile.TarInfo,
-        data: Any,
-    ) -> None:
-        path = (*parent, base)
-        st = lstat_at(pfd, base)
-        if info.islnk():
-            tfd, tbase, tpath = self._link_target(info)
-            try:
-                if tpath == path:
-                    self._add_upper(path)
-                    return  # a link to itself: the file is already there
-                if st is not None:
-                    self._remove(pfd, base, path, keep=False)
-                if lstat_at(tfd, tbase) is None:
-                    raise UnsafeLayerError(
-                        info.name, f"hardlink target {info.linkname!r} was removed by the entry"
-                    )
-                os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
-            finally:
-                os.close(tfd)
-            self._add_upper(path)
-            return
-        if st is not None:
-            if info.isdir() and stat.S_ISDIR(st.st_mode):
-                fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
-                try:
-                    self._dir_meta(fd, path, info)
-                finally:
-                    os.close(fd)
-                self._add_upper(path)
-                return
-            self._remove(pfd, base, path, keep=False)
-        self._add_upper(path)
-        if info.isreg():
-            self._regular(pfd, base, info, data)
-        elif info.isdir():
-            os.mkdir(base, 0o700, dir_fd=pfd)
-            fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
-            try:
-                self._dir_meta(fd, path, info)
-            finally:
-                os.close(fd)
-        elif info.issym():
-            check_link_target(info.linkname, info.name)
-            os.symlink(info.linkname, base, dir_fd=pfd)
-            self._meta_at(pfd, base, info, symlink=True)
-        elif info.isfifo():
-            os.mkfifo(base, 0o600, dir_fd=pfd)
-            self._meta_at(pfd, base, info, symlink=False)
-        elif info.ischr() or info.isblk():
-            self._device(pfd, base, info)
-        else:
-            raise UnsafeLayerError(info.name, f"unsupported tar entry type {info.type!r}")
+    # --- entries ---------------------------------------------------------------------------
 
     def _regular(self, pfd: int, base: str, info: tarfile.TarInfo, data: Any) -> None:
         fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=pfd)
@@ -378,4 +306,4 @@ class TreeWriter:
         os.utime(base, ns=entry_times(info), dir_fd=pfd, follow_symlinks=False)
 
 
-__all__ = ["TreeWriter", "entry_times", "entry_xattrs"]
+__all__ = ["DiskTree", "TreeWriter", "entry_times", "entry_xattrs"]

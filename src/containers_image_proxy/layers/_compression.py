@@ -79,6 +79,21 @@ def expected_compression(media_type: str) -> Optional[str]:
     return _BY_MEDIA_TYPE.get(media_type)
 
 
+def check_filesystem_layer(media_type: str, layer: str = "") -> None:
+    """Raise LayerFormatError unless ``media_type`` is a tar layer type (OCI or Docker,
+    plain, gzip or zstd, nondistributable too): an OCI artifact's blob (a WebAssembly
+    module, model weights ...) is not a filesystem layer, whatever its bytes look like.
+    Encrypted layers are refused as :func:`expected_compression` says. An empty type is
+    accepted: a Docker schema 1 manifest has none, and its layers are always tars."""
+    expected_compression(media_type)
+    if media_type and media_type not in _BY_MEDIA_TYPE:
+        raise LayerFormatError(
+            f"media type {media_type!r} is not a filesystem layer (not a tar layer type): "
+            "it cannot be unpacked, listed or read as files",
+            layer,
+        )
+
+
 def _is_zstd_frame(prefix: bytes) -> bool:
     # A regular frame, or a skippable one (magic 0x184D2A50..0x184D2A5F, little endian).
     return prefix.startswith(_ZSTD_MAGIC) or (

@@ -32,8 +32,10 @@ class UnsafeLayerError(ProxyError):
 
 class LayerFormatError(ProxyError):
     """A layer is not a readable tar stream (bad compression, corrupt or truncated data,
-    an unsupported media type such as an encrypted layer, or a count mismatch between the
-    manifest's layers and the config's diff_ids)."""
+    an unsupported media type such as an encrypted layer, a media type that is not a tar
+    layer at all, as an OCI artifact's WebAssembly or model blob, refused before it is
+    fetched, or a count mismatch between the manifest's layers and the config's
+    diff_ids). ``layer`` is the layer's digest when known."""
 
     def __init__(self, message: str, layer: str = "") -> None:
         self.layer = layer

@@ -2,11 +2,10 @@
 
 The layers are applied bottom first to a tree held in memory that keeps each entry's
 metadata (type, mode, owner, size, time, link target) and no file content, with the same
-rules as :func:`unpack` (see ``_apply.TreeWriter``): a parent is resolved through symlinks
-inside the root, an entry replaces what was there except a directory over a directory,
-whiteouts and opaque markers hide what lower layers put there but never what the same layer
-adds, hardlinks share the node they link to. Every layer is read to its end and checked
-against its diff_id, as unpack does, so a listing is of verified content.
+rules as :func:`unpack`, written once in ``_engine.LayerRules``; :class:`MemoryTree` is
+their in-memory backend (hardlinks share the node they link to). Every layer is read to
+its end and checked against its diff_id, as unpack does, so a listing is of verified
+content.
 
 Memory is one small object per entry of the merged tree; nothing is written to disk.
 """
@@ -20,14 +19,13 @@ import tarfile
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .._errors import ConfigurationError
-from ._apply import OPAQUE_MARKER, WHITEOUT_PREFIX
 from ._content import sparse_map
+from ._engine import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Keep, LayerRules
 from ._errors import UnsafeLayerError
-from ._meta import check_entry
-from ._paths import MAX_SYMLINKS, Path, check_depth, check_link_target, clean_name, join
+from ._paths import MAX_SYMLINKS, Path, check_depth, image_path
 from ._source import (
     AsyncProxy,
     Bridge,
@@ -39,8 +37,6 @@ from ._source import (
     sync_sources,
 )
 from ._tarstream import LayerStream
-
-FILE, DIR, SYMLINK, FIFO, CHAR, BLOCK = "file", "dir", "symlink", "fifo", "char", "block"
 
 _TYPE_BITS = {
     FILE: stat.S_IFREG,
@@ -62,7 +58,8 @@ class DirEntry:
     ``os.stat`` does); ``size`` a regular file's size (0 otherwise); ``mtime`` seconds since
     the epoch; ``linkname`` a symlink's target; ``device`` (major, minor) of a device node;
     ``nlink`` how many names the merged tree has for the same file (hardlinks); ``layer``
-    the digest of the layer that wrote the entry last.
+    the digest of the layer that wrote the entry last (for a hardlink, the layer that wrote
+    the link, not its target's).
     """
 
     name: str
@@ -94,7 +91,11 @@ class DirEntry:
 
 
 class _Node:
-    """An entry of the in-memory tree; hardlinked names share one node."""
+    """An entry of the in-memory tree; hardlinked names share one node.
+
+    A directory's ``linked`` maps a name hardlinked to a node to the layer that wrote
+    that name (the node's own ``layer`` is the layer that wrote its first name).
+    """
 
     __slots__ = (
         "children",
@@ -102,6 +103,7 @@ class _Node:
         "gid",
         "kind",
         "layer",
+        "linked",
         "linkname",
         "mode",
         "mtime",
@@ -115,7 +117,8 @@ class _Node:
     ) -> None:
         self.kind = kind
         self.children: Optional[dict[str, _Node]] = {} if kind == DIR else None
-        self.nlink = 0
+        self.linked: dict[str, str] = {}
+        self.nlink = 1
         self.mode, self.uid, self.gid, self.mtime = 0o755, 0, 0, 0.0
         self.size, self.linkname, self.device, self.layer = 0, "", (0, 0), layer
         if info is not None:
@@ -133,81 +136,126 @@ class _Node:
         elif self.kind in (CHAR, BLOCK):
             self.device = (info.devmajor, info.devminor)
 
-
-def _kind(info: tarfile.TarInfo) -> Optional[str]:
-    if info.isreg():
-        return FILE
-    if info.isdir():
-        return DIR
-    if info.issym():
-        return SYMLINK
-    if info.isfifo():
-        return FIFO
-    if info.ischr():
-        return CHAR
-    if info.isblk():
-        return BLOCK
-    return None
+    def put(self, name: str, node: _Node) -> None:
+        """Make ``name`` (absent) a name of ``node`` in this directory."""
+        assert self.children is not None
+        self.children[name] = node
+        self.linked.pop(name, None)
 
 
-class MergedTree:
-    """The merged filesystem of some layers, as metadata: apply layers, then look up."""
+class MemoryTree:
+    """A merged tree held in memory as metadata: the other backend of LayerRules."""
 
     def __init__(self) -> None:
         self.root = _Node(DIR, None, "")
-        self.root.nlink = 1
         self.layer = ""
-        # Real paths the current layer wrote (and their parents): whiteouts spare them.
-        self._upper: set[Path] = set()
-        self._upper_parents: set[Path] = set()
-
-    # --- applying layers -----------------------------------------------------------------
 
     def begin_layer(self, layer: str) -> None:
-        """Start applying a layer (``layer`` names it in errors and in entries)."""
         self.layer = layer
-        self._upper.clear()
-        self._upper_parents.clear()
 
-    def apply(self, info: tarfile.TarInfo) -> None:
-        """Apply one tar entry of the current layer."""
-        name = info.name
-        try:
-            _, mtime = check_entry(info)
-            if info.isreg():
-                sparse_map(info, self.layer)
-            path = clean_name(name)
-            if path and path[-1].startswith(WHITEOUT_PREFIX):
-                self._whiteout(path, name)
-            elif not path:
-                if not info.isdir():
-                    raise UnsafeLayerError(name, "a non-directory cannot replace the root")
-                self.root.set_meta(info, self.layer, mtime)
-            else:
-                found = self._walk(path[:-1], entry=name, create=True, follow_final=True)
-                assert found is not None
-                parent, parent_path = found
-                self._create(parent, parent_path, path[-1], info, mtime)
-        except UnsafeLayerError as e:
-            raise e.with_layer(self.layer) from e.__cause__
+    def check(self, info: tarfile.TarInfo) -> None:
+        if info.isreg():
+            sparse_map(info, self.layer)  # as unpack checks it when writing the data
 
-    def _add_upper(self, path: Path) -> None:
-        self._upper.add(path)
-        for i in range(len(path) - 1, -1, -1):
-            prefix = path[:i]
-            if prefix in self._upper_parents:
-                break  # and so are all of its own prefixes
-            self._upper_parents.add(prefix)
-
-    def _walk(
-        self, path: Sequence[str], *, entry: str, create: bool, follow_final: bool
+    def resolve_dir(
+        self, path: Path, *, entry: str, create: bool, on_create: Callable[[Path], None]
     ) -> Optional[tuple[_Node, Path]]:
-        """The node ``path`` names and its real path, symlinks followed inside the root.
+        try:
+            found = self.walk(path, entry=entry, create=create, on_create=on_create)
+        except NotADirectoryError:
+            return None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise UnsafeLayerError(entry, "too many levels of symbolic links") from None
+        if found is None or found[0].children is None:
+            return None
+        return found
+
+    def release(self, handle: _Node) -> None:
+        pass
+
+    def lookup(self, parent: _Node, name: str) -> Optional[str]:
+        assert parent.children is not None
+        node = parent.children.get(name)
+        return None if node is None else node.kind
+
+    def names(self, parent: _Node) -> list[str]:
+        assert parent.children is not None
+        return list(parent.children)
+
+    def remove(self, parent: _Node, name: str, path: Path, keep: Optional[Keep]) -> None:
+        todo = [(parent, name, path)]
+        while todo:  # no recursion: a layer's tree can be as deep as PATH_MAX allows
+            parent, name, path = todo.pop()
+            assert parent.children is not None
+            node = parent.children.get(name)
+            if node is None:
+                continue
+            if keep is not None and keep(path):
+                if node.children is not None:
+                    todo.extend((node, child, (*path, child)) for child in node.children)
+                continue
+            del parent.children[name]
+            parent.linked.pop(name, None)
+            self._drop(node)
+
+    @staticmethod
+    def _drop(top: _Node) -> None:
+        """Take one name from ``top`` and, as unpack empties a removed directory, every
+        name under it: another name of a file under it (a hardlink) sees one link fewer,
+        a walk that still holds one of its directories finds it empty."""
+        todo = [top]
+        while todo:
+            node = todo.pop()
+            node.nlink -= 1
+            if node.children:
+                todo.extend(node.children.values())
+                node.children.clear()
+                node.linked.clear()
+
+    def set_root(self, info: tarfile.TarInfo, mtime: int) -> None:
+        self.root.set_meta(info, self.layer, mtime)
+
+    def merge_dir(
+        self, parent: _Node, name: str, path: Path, info: tarfile.TarInfo, mtime: int
+    ) -> None:
+        assert parent.children is not None
+        parent.children[name].set_meta(info, self.layer, mtime)
+
+    def create(
+        self,
+        parent: _Node,
+        name: str,
+        path: Path,
+        kind: str,
+        info: tarfile.TarInfo,
+        data: Any,
+        mtime: int,
+    ) -> None:
+        parent.put(name, _Node(kind, info, self.layer, mtime))
+
+    def link(self, target_parent: _Node, target: str, parent: _Node, name: str, path: Path) -> None:
+        assert target_parent.children is not None
+        node = target_parent.children[target]
+        parent.put(name, node)
+        parent.linked[name] = self.layer  # this name was written now, whoever wrote the file
+        node.nlink += 1
+
+    def walk(
+        self,
+        path: Sequence[str],
+        *,
+        entry: str,
+        create: bool,
+        on_create: Optional[Callable[[Path], None]] = None,
+    ) -> Optional[tuple[_Node, Path]]:
+        """The node ``path`` names and its real path, symlinks followed inside the root
+        (the last component's too).
 
         Missing directories are created when ``create`` (then a component that is not a
         directory raises UnsafeLayerError); otherwise a missing component gives None and
-        one that is not a directory raises NotADirectoryError. The final component is
-        followed if it is a symlink only with ``follow_final``.
+        one that is not a directory raises NotADirectoryError.
         """
         todo: deque[str] = deque(path)
         nodes: list[_Node] = [self.root]
@@ -225,16 +273,17 @@ class MergedTree:
             cur = nodes[-1]
             if cur.children is None:
                 if create:
-                    raise UnsafeLayerError(entry, f"{join(tuple(real))} is not a directory")
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", "/" + join(tuple(real)))
+                    raise UnsafeLayerError(entry, f"{image_path(tuple(real))} is not a directory")
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", image_path(tuple(real)))
             node = cur.children.get(part)
-            last = not any(p not in ("", ".") for p in todo)
-            if node is not None and node.kind == SYMLINK and (follow_final or not last):
+            if node is not None and node.kind == SYMLINK:
                 links += 1
                 if links > MAX_SYMLINKS:
                     if create:
                         raise UnsafeLayerError(entry, "too many levels of symbolic links")
-                    raise OSError(errno.ELOOP, "too many levels of symbolic links", entry)
+                    raise OSError(
+                        errno.ELOOP, "too many levels of symbolic links", image_path(entry)
+                    )
                 if node.linkname.startswith("/"):
                     # Absolute targets point into the image's root, not the host's.
                     del nodes[1:]
@@ -246,109 +295,28 @@ class MergedTree:
                     return None
                 check_depth((*real, part), entry)  # as unpack refuses to create it
                 node = _Node(DIR, None, self.layer)
-                node.nlink = 1
-                cur.children[part] = node
-                self._add_upper((*real, part))
+                cur.put(part, node)
+                if on_create is not None:
+                    on_create((*real, part))
             nodes.append(node)
             real.append(part)
         if create and nodes[-1].children is None:
             # a parent being made for an entry is a file (or device ...): as unpack says
-            raise UnsafeLayerError(entry, f"{join(tuple(real))} is not a directory")
+            raise UnsafeLayerError(entry, f"{image_path(tuple(real))} is not a directory")
         return nodes[-1], tuple(real)
 
-    def _remove(self, parent: _Node, name: str, path: Path, keep: bool) -> None:
-        """Remove ``name`` and what is under it; with ``keep``, spare the current layer's."""
-        todo = [(parent, name, path)]
-        while todo:  # no recursion: a layer's tree can be as deep as PATH_MAX allows
-            parent, name, path = todo.pop()
-            assert parent.children is not None
-            node = parent.children.get(name)
-            if node is None:
-                continue
-            if keep and (path in self._upper or path in self._upper_parents):
-                if node.children is not None:
-                    todo.extend((node, child, (*path, child)) for child in node.children)
-                continue
-            del parent.children[name]
-            node.nlink -= 1
 
-    def _whiteout(self, path: Path, name: str) -> None:
-        base = path[-1]
-        if base != OPAQUE_MARKER and base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
-            return  # AUFS bookkeeping (.wh..wh.plnk and the like), not a whiteout
-        victim = base[len(WHITEOUT_PREFIX) :]
-        if base != OPAQUE_MARKER and victim in ("", ".", ".."):
-            raise UnsafeLayerError(name, "whiteout names no entry, or the directory above it")
-        try:
-            found = self._walk(path[:-1], entry=name, create=False, follow_final=True)
-        except (NotADirectoryError, OSError):
-            return  # nothing there to hide (unpack finds no directory either)
-        if found is None:
-            return
-        node, real = found
-        if node.children is None:
-            return
-        if base == OPAQUE_MARKER:
-            for child in list(node.children):
-                self._remove(node, child, (*real, child), keep=True)
-        else:
-            self._remove(node, victim, (*real, victim), keep=True)
+class MergedTree(LayerRules[_Node]):
+    """The merged filesystem of some layers, as metadata: apply layers, then look up."""
 
-    def _link_target(self, info: tarfile.TarInfo) -> tuple[_Node, str, Path]:
-        name = info.name
-        target = clean_name(info.linkname, entry=name)
-        if not target:
-            raise UnsafeLayerError(name, "hardlink to the root directory")
-        try:
-            found = self._walk(target[:-1], entry=name, create=False, follow_final=True)
-        except (NotADirectoryError, OSError):
-            found = None
-        node = None
-        if found is not None and found[0].children is not None:
-            node = found[0].children.get(target[-1])
-        if found is None or node is None or node.kind == DIR:
-            what = "is a directory" if node is not None else "is not in the tree"
-            raise UnsafeLayerError(name, f"hardlink target {info.linkname!r} {what}")
-        return found[0], target[-1], (*found[1], target[-1])
+    def __init__(self) -> None:
+        self.memory = MemoryTree()
+        super().__init__(self.memory)
 
-    def _create(
-        self, parent: _Node, parent_path: Path, base: str, info: tarfile.TarInfo, mtime: int
-    ) -> None:
-        assert parent.children is not None
-        path = (*parent_path, base)
-        existing = parent.children.get(base)
-        if info.islnk():
-            tparent, tbase, tpath = self._link_target(info)
-            if tpath == path:
-                self._add_upper(path)
-                return  # a link to itself: the file is already there
-            if existing is not None:
-                self._remove(parent, base, path, keep=False)
-            assert tparent.children is not None
-            target = tparent.children.get(tbase)
-            if target is None:
-                raise UnsafeLayerError(
-                    info.name, f"hardlink target {info.linkname!r} was removed by the entry"
-                )
-            parent.children[base] = target
-            target.nlink += 1
-            self._add_upper(path)
-            return
-        if existing is not None:
-            if info.isdir() and existing.kind == DIR:
-                existing.set_meta(info, self.layer, mtime)  # a directory over a directory merges
-                self._add_upper(path)
-                return
-            self._remove(parent, base, path, keep=False)
-        kind = _kind(info)
-        if kind is None:
-            raise UnsafeLayerError(info.name, f"unsupported tar entry type {info.type!r}")
-        if kind == SYMLINK:
-            check_link_target(info.linkname, info.name)
-        node = _Node(kind, info, self.layer, mtime)
-        node.nlink = 1
-        parent.children[base] = node
-        self._add_upper(path)
+    @property
+    def root(self) -> _Node:
+        """The root directory's node."""
+        return self.memory.root
 
     # --- looking up ----------------------------------------------------------------------
 
@@ -357,25 +325,35 @@ class MergedTree:
 
         Symlinks are followed inside the image's root, the last component included.
         Raises FileNotFoundError when the merged tree has no such path, NotADirectoryError
-        when a component above the last is not a directory.
+        when a component above the last is not a directory (their ``filename`` is the path
+        made absolute, as in the image).
         """
         if not isinstance(path, str) or "\0" in path:
             raise ConfigurationError(f"not a valid path: {path!r}")
         # Not cleaned lexically: ".." is resolved as the walk meets it, as the kernel does.
-        found = self._walk(path.split("/"), entry=path, create=False, follow_final=True)
+        found = self.memory.walk(path.split("/"), entry=path, create=False)
         if found is None:
-            raise FileNotFoundError(errno.ENOENT, "no such file or directory in the image", path)
+            raise FileNotFoundError(
+                errno.ENOENT, "no such file or directory in the image", image_path(path)
+            )
         node, real = found
-        if node.children is None:
-            parent = real[:-1]
-            return [self._entry(real[-1] if real else "/", parent, node)]
-        return [self._entry(name, real, node.children[name]) for name in sorted(node.children)]
+        if node.children is None:  # real names no symlink: its parent is a plain walk
+            parent = self.root
+            for part in real[:-1]:
+                assert parent.children is not None
+                parent = parent.children[part]
+            return [self._entry(real[-1], real[:-1], node, parent.linked.get(real[-1]))]
+        return [
+            self._entry(name, real, node.children[name], node.linked.get(name))
+            for name in sorted(node.children)
+        ]
 
     @staticmethod
-    def _entry(name: str, parent: Path, node: _Node) -> DirEntry:
+    def _entry(name: str, parent: Path, node: _Node, linked: Optional[str]) -> DirEntry:
+        """``linked``: the layer that wrote this name as a hardlink, if it is one."""
         return DirEntry(
             name=name,
-            path="/" + "/".join((*parent, name)),
+            path=image_path((*parent, name)),
             kind=node.kind,
             mode=node.mode,
             uid=node.uid,
@@ -385,7 +363,7 @@ class MergedTree:
             linkname=node.linkname,
             device=node.device,
             nlink=max(1, node.nlink),
-            layer=node.layer,
+            layer=node.layer if linked is None else linked,
         )
 
 

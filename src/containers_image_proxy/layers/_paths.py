@@ -19,7 +19,7 @@ import os
 import stat
 from collections import deque
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from ._errors import UnsafeLayerError
 
@@ -93,6 +93,17 @@ def check_link_target(target: str, entry: str) -> None:
 def join(path: Path) -> str:
     """A path tuple as a relative name (``.`` for the root)."""
     return "/".join(path) or "."
+
+
+def image_path(path: Union[str, Path]) -> str:
+    """A path as messages show it: absolute, as in the image (``/etc/passwd``, ``/``).
+
+    A path tuple is joined from the root; a caller's string is kept as given (its ``..``
+    and symlinks mean what the walk made of them), with a ``/`` in front if it had none.
+    """
+    if isinstance(path, tuple):
+        return "/" + "/".join(path)
+    return path if path.startswith("/") else "/" + path
 
 
 def lstat_at(dir_fd: int, name: str) -> Optional[os.stat_result]:
@@ -251,7 +262,7 @@ class Root:
                 elif not stat.S_ISDIR(st.st_mode):
                     if not create:
                         return None
-                    where = join((*chain.names, part))
+                    where = image_path((*chain.names, part))
                     raise UnsafeLayerError(entry, f"{where} is not a directory")
                 fd = chain.down(part)
                 if st is None:

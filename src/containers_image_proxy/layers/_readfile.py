@@ -27,7 +27,7 @@ from typing import Callable, Optional, Union
 from .._errors import ConfigurationError, ProxyError
 from ._content import KeptContent
 from ._errors import UnsafeLayerError
-from ._paths import MAX_SYMLINKS, Path, clean_name, join
+from ._paths import MAX_SYMLINKS, Path, clean_name, image_path, join
 from ._readindex import (
     BOTTOM,
     DIR,
@@ -380,7 +380,9 @@ class MergedReader:
                 found = self._lookup(here, ctx.top, ctx)
             if found.how in (HIDDEN, BOTTOM):
                 if not create:
-                    raise FileNotFoundError(errno.ENOENT, "no such file in the image", join(here))
+                    raise FileNotFoundError(
+                        errno.ENOENT, "no such file in the image", image_path(here)
+                    )
                 found = Found(IMPLICIT, -1, None, True)
             entry = found.node if found.node is not None else Node(DIR, found.layer, -1)
             node = self._deref(entry, join(here), 0)
@@ -388,14 +390,16 @@ class MergedReader:
             if node.kind == SYMLINK and (follow_final or not last):
                 links += 1
                 if links > MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, "too many levels of symbolic links", join(here))
+                    raise OSError(
+                        errno.ELOOP, "too many levels of symbolic links", image_path(here)
+                    )
                 if node.linkname.startswith("/"):
                     real.clear()
                 todo.appendleft(Marker(here, entry.layer, entry.seq))
                 todo.extendleft(reversed(node.linkname.split("/")))
                 continue
             if not last and node.kind != DIR:
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", join(here))
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", image_path(here))
             ctx.passed(here, found)
             real.append(part)
         return tuple(real), node
@@ -416,11 +420,13 @@ class MergedReader:
         try:
             _, node = self._resolve(parts, top, None, follow_final=True)
         except NotADirectoryError as e:
-            raise FileNotFoundError(errno.ENOENT, f"no such file in the image ({e})", path) from e
+            raise FileNotFoundError(
+                errno.ENOENT, f"no such file in the image ({e})", image_path(path)
+            ) from e
         if node.kind == DIR:
-            raise IsADirectoryError(errno.EISDIR, "is a directory in the image", path)
+            raise IsADirectoryError(errno.EISDIR, "is a directory in the image", image_path(path))
         if node.kind != FILE:
-            raise OSError(errno.EINVAL, "not a regular file in the image", path)
+            raise OSError(errno.EINVAL, "not a regular file in the image", image_path(path))
         idx = self._index[node.layer]
         if node.seq not in idx.data and node.seq not in idx.too_big:
             # Not kept on the first pass (found through a hardlink or a late symlink).
@@ -429,8 +435,9 @@ class MergedReader:
             idx.too_big.update(again.too_big)
         size = idx.too_big.get(node.seq)
         if size is not None:
+            limit = self._max_size
             raise ProxyError(
-                f"{path}: the file is {size} bytes, over the limit of {self._max_size} bytes"
+                f"{image_path(path)}: the file is {size} bytes, over the limit of {limit} bytes"
             )
         return idx.data[node.seq]
 

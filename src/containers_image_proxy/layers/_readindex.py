@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ._apply import OPAQUE_MARKER, WHITEOUT_PREFIX
 from ._content import KeptContent, sparse_map
+from ._engine import OPAQUE_MARKER, WHITEOUT_PREFIX
 from ._errors import UnsafeLayerError
 from ._meta import check_entry
 from ._paths import MAX_SYMLINKS, Path, check_link_target, clean_name

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from .._bridge import Bridge, BridgedBlob, aopen_reader, run_in_worker
+from .._progress import Meter, ProgressCallback
+from ._compression import check_filesystem_layer
 from ._errors import LayerFormatError
 
 __all__ = ["Bridge", "LayerSource", "async_sources", "run_in_worker", "sync_sources"]
@@ -52,6 +54,40 @@ class LayerSource:
     media_type: str
     diff_id: Optional[str]
     open: Callable[[], Blob]
+
+
+class MeteredBlob:
+    """A layer blob whose reads are reported to a :class:`Meter` (compressed bytes).
+
+    The last report (``done == total``) is made by :meth:`close`, once the blob's own
+    verification passed; a blob closed after a failure reports nothing more.
+    """
+
+    def __init__(self, blob: Blob, meter: Meter) -> None:
+        self._blob = blob
+        self._meter = meter
+        meter.start()
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._blob.read(size)
+        if data:
+            self._meter.advance(len(data))
+        return data
+
+    def close(self) -> None:
+        self._blob.close()
+        self._meter.finish()
+
+    def close_quietly(self) -> None:
+        close_blob(self._blob, failed=True)
+
+
+def _metered(
+    open_blob: Callable[[], Blob], info: _LayerInfo, progress: Optional[ProgressCallback]
+) -> Callable[[], Blob]:
+    if progress is None:
+        return open_blob
+    return lambda: MeteredBlob(open_blob(), Meter(progress, str(info.digest), info.size))
 
 
 class _LayerInfo(Protocol):
@@ -95,7 +131,15 @@ class AsyncProxy(Protocol):
     async def get_blob(self, image: Any, digest: Any, size: int, /) -> Any: ...
 
 
-def _pair(config: _Config, infos: Sequence[_LayerInfo]) -> list[tuple[_LayerInfo, str]]:
+def _check_layers(infos: Sequence[_LayerInfo]) -> Sequence[_LayerInfo]:
+    """``infos``, once every layer is known to be a tar layer (before any is fetched, and
+    before the config, which an artifact may not have as an image config)."""
+    for info in infos:
+        check_filesystem_layer(info.media_type, str(info.digest))
+    return infos
+
+
+def _pair(infos: Sequence[_LayerInfo], config: _Config) -> list[tuple[_LayerInfo, str]]:
     diff_ids = list(config.rootfs.diff_ids)
     if len(diff_ids) != len(infos):
         raise LayerFormatError(
@@ -104,12 +148,18 @@ def _pair(config: _Config, infos: Sequence[_LayerInfo]) -> list[tuple[_LayerInfo
     return list(zip(infos, diff_ids))
 
 
-def sync_sources(proxy: SyncProxy, image: Any) -> list[LayerSource]:
-    """The image's layers, bottom first, read through ``proxy``."""
-    pairs = _pair(proxy.fetch_config(image), proxy.get_layer_info(image))
+def sync_sources(
+    proxy: SyncProxy, image: Any, progress: Optional[ProgressCallback] = None
+) -> list[LayerSource]:
+    """The image's layers, bottom first, read through ``proxy``.
+
+    With ``progress``, each blob's reads are reported to it (one transfer per layer).
+    """
+    infos = _check_layers(proxy.get_layer_info(image))
+    pairs = _pair(infos, proxy.fetch_config(image))
 
     def opener(info: _LayerInfo) -> Callable[[], Blob]:
-        return lambda: proxy.get_blob(image, info.digest, info.size)
+        return _metered(lambda: proxy.get_blob(image, info.digest, info.size), info, progress)
 
     return [
         LayerSource(str(info.digest), info.media_type, str(diff_id), opener(info))
@@ -117,13 +167,27 @@ def sync_sources(proxy: SyncProxy, image: Any) -> list[LayerSource]:
     ]
 
 
-async def async_sources(proxy: AsyncProxy, image: Any, bridge: Bridge) -> list[LayerSource]:
-    """The image's layers, bottom first, read through an async proxy via ``bridge``."""
-    pairs = _pair(await proxy.fetch_config(image), await proxy.get_layer_info(image))
+async def async_sources(
+    proxy: AsyncProxy,
+    image: Any,
+    bridge: Bridge,
+    progress: Optional[ProgressCallback] = None,
+) -> list[LayerSource]:
+    """The image's layers, bottom first, read through an async proxy via ``bridge``.
+
+    ``progress`` is called from the thread reading the blobs (the caller puts it on its
+    loop).
+    """
+    infos = _check_layers(await proxy.get_layer_info(image))
+    pairs = _pair(infos, await proxy.fetch_config(image))
 
     def opener(info: _LayerInfo) -> Callable[[], Blob]:
-        return lambda: BridgedBlob(
-            bridge, bridge.call(aopen_reader(proxy.get_blob(image, info.digest, info.size)))
+        return _metered(
+            lambda: BridgedBlob(
+                bridge, bridge.call(aopen_reader(proxy.get_blob(image, info.digest, info.size)))
+            ),
+            info,
+            progress,
         )
 
     return [
