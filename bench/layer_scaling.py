@@ -21,7 +21,7 @@ from typing import Any, Callable
 import bench  # noqa: F401 - puts tests/ on sys.path
 from containers_image_proxy.layers import list_dir_from_layers, read_file_from_layers, unpack_layers
 from containers_image_proxy.layers._apply import TreeWriter
-from test_layers_support import d, f, image
+from testbed.layers import d, f, image
 
 
 def _median(fn: Callable[[], object], runs: int = 3) -> float:

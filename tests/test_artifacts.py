@@ -11,8 +11,7 @@ import pytest
 
 from conftest import make_config
 from containers_image_proxy import AsyncImageProxy, ImageProxy, RequestError
-from test_cli_examples import add_wasm_artifact
-from testbed.images import LayoutBuilder
+from testbed.images import LayoutBuilder, add_wasm_artifact
 from testbed.releases import SkopeoRelease
 
 pytestmark = pytest.mark.integration

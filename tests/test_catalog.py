@@ -26,7 +26,7 @@ from containers_image_proxy import (
     RequestError,
 )
 from containers_image_proxy._config import build_skopeo_command
-from test_cli_support import cli, ok, one_line_error, skopeo_opt
+from testbed.cli import cli, ok, one_line_error, skopeo_opt
 from testbed.images import MEDIA_TYPE_INDEX, LayoutBuilder, Layouts, convert, small_image
 from testbed.registry import Registry
 from testbed.releases import SYSTEM_SKOPEO, SkopeoRelease

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_support import cli, ok, one_line_error, skopeo_opt
+from testbed.cli import cli, ok, one_line_error, skopeo_opt
 from testbed.images import LayoutBuilder, Layouts, make_tar
 from testbed.releases import SkopeoRelease
 
@@ -256,7 +256,7 @@ def test_unpack_needs_rootless_or_root(layouts: Layouts, tmp_path: Path) -> None
 
 
 def test_artifact_inspect_config_and_blob(layout_builder: LayoutBuilder, tmp_path: Path) -> None:
-    from test_cli_examples import add_wasm_artifact
+    from testbed.images import add_wasm_artifact
 
     wasm, _ = add_wasm_artifact(layout_builder, "module")
     ref = layout_builder.ref("module")

@@ -13,7 +13,7 @@ import pytest
 
 from containers_image_proxy.cli._errors import EXIT_STATUSES
 from containers_image_proxy.cli._options import build_parser
-from test_cli_support import ROOT
+from testbed.cli import ROOT
 
 DOC = (ROOT / "docs" / "cli.md").read_text()
 OPTION = re.compile(r"(?<![\w-])(--?[a-z][\w.-]*)")

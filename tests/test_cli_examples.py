@@ -9,17 +9,19 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from testbed.images import LayoutBuilder, canonical_json, make_tar
+from testbed.images import (
+    WASM_LAYER,
+    LayoutBuilder,
+    add_wasm_artifact,
+    make_tar,
+)
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-WASM_CONFIG = "application/vnd.wasm.config.v0+json"
-WASM_LAYER = "application/wasm"
 
 
 def run_example(name: str, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -31,25 +33,6 @@ def run_example(name: str, *args: str) -> subprocess.CompletedProcess[bytes]:
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     return proc
-
-
-def add_wasm_artifact(builder: LayoutBuilder, tag: str) -> tuple[bytes, dict[str, Any]]:
-    """An OCI artifact: a custom config media type and artifactType, one wasm blob."""
-    # The magic number and version of a WebAssembly binary, then an empty module body.
-    wasm = b"\x00asm\x01\x00\x00\x00" + bytes(range(256)) * 64
-    config = builder.add_blob(canonical_json({"wasm": True}), WASM_CONFIG)
-    layer = builder.add_blob(wasm, WASM_LAYER)
-    layer["annotations"] = {"org.opencontainers.image.title": "module.wasm"}
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.example.wasm.v1",
-        "config": config,
-        "layers": [layer],
-    }
-    desc = builder.add_blob(canonical_json(manifest), manifest["mediaType"])
-    builder.tag(tag, desc)
-    return wasm, manifest
 
 
 def test_os_update_fetches_only_new_layers(layout_builder: LayoutBuilder, tmp_path: Path) -> None:

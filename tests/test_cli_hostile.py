@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_support import TOOL, cli, ok, one_line_error, run_in_pty, screen
+from testbed.cli import TOOL, cli, ok, one_line_error, run_in_pty, screen
 from testbed.images import ImageInfo, LayoutBuilder, Layouts, corrupt_blob
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import pytest
 
 from containers_image_proxy.layers import LayerDigestError, UnsafeLayerError, unpack_layers
 from containers_image_proxy.layers._listing import DirEntry, list_dir_from_layers, merge_layers
-from test_layers_support import MTIME, Image, d, f, hl, image, sym, wh
 from test_layers_umoci import LAYERS
+from testbed.layers import MTIME, Image, d, f, hl, image, sym, wh
 
 IMAGES: dict[str, Image] = {
     "umoci": image(*LAYERS),

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from containers_image_proxy.layers._listing import DirEntry
-from test_cli_support import TOOL, cli, ok, one_line_error, run_in_pty, skopeo_opt
-from test_layers_support import d, f, hl, sym
-from test_layers_support import make_tar as make_entries_tar
+from testbed.cli import TOOL, cli, ok, one_line_error, run_in_pty, skopeo_opt
 from testbed.images import LayoutBuilder, Layouts, convert
+from testbed.layers import d, f, hl, sym
+from testbed.layers import make_tar as make_entries_tar
 from testbed.releases import SkopeoRelease
 
 pytestmark = pytest.mark.integration

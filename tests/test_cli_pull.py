@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_examples import add_wasm_artifact
-from test_cli_support import cli, ok, skopeo_opt
+from testbed.cli import cli, ok, skopeo_opt
 from testbed.images import (
     LayoutBuilder,
     Layouts,
+    add_wasm_artifact,
     blob_path,
     convert,
     corrupt_blob,

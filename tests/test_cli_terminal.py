@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_support import (
+from testbed.cli import (
     TOOL,
     Throttle,
     alive,

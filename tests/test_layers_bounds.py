@@ -29,8 +29,8 @@ from containers_image_proxy.layers import (
 )
 from containers_image_proxy.layers._content import CHUNK
 from containers_image_proxy.layers._paths import MAX_DEPTH, PATH_MAX, remove_at
-from test_layers_support import OCI_TAR, Blob, E, Image, d, f, hl, image, sha256, sym, wh
 from testbed.images import LayoutBuilder, make_tar
+from testbed.layers import OCI_TAR, Blob, E, Image, d, f, hl, image, sha256, sym, wh
 from testbed.releases import SkopeoRelease, available_releases
 
 MIB = 1024 * 1024
@@ -257,7 +257,7 @@ _FD_SCRIPT = textwrap.dedent(
     """
     import os, resource, sys
     sys.path[:0] = [sys.argv[1], sys.argv[2]]
-    from test_layers_support import d, f, hl, image, wh
+    from testbed.layers import d, f, hl, image, wh
     from containers_image_proxy.layers import (
         UnsafeLayerError, list_dir_from_layers, read_file_from_layers, unpack_layers)
     limit = int(sys.argv[4])

@@ -17,7 +17,7 @@ import pytest
 from containers_image_proxy import ProxyError
 from containers_image_proxy.layers import UnsafeLayerError, unpack_layers
 from containers_image_proxy.layers._paths import clean_name
-from test_layers_support import E, d, f, hl, image, read, snapshot, sym, wh
+from testbed.layers import E, d, f, hl, image, read, snapshot, sym, wh
 
 
 class Scene:

@@ -23,9 +23,8 @@ from containers_image_proxy.layers import (
     unpack,
     unpack_async,
 )
-from test_cli_examples import add_wasm_artifact
-from test_layers_support import d, f, hl, make_tar, sym, wh
-from testbed.images import LayoutBuilder
+from testbed.images import LayoutBuilder, add_wasm_artifact
+from testbed.layers import d, f, hl, make_tar, sym, wh
 
 pytestmark = pytest.mark.integration
 

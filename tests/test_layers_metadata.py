@@ -25,7 +25,7 @@ from containers_image_proxy.layers import (
     unpack_layers,
 )
 from containers_image_proxy.layers._meta import check_entry
-from test_layers_support import OCI_TAR, Blob, E, Image, f, image, make_tar, sha256
+from testbed.layers import OCI_TAR, Blob, E, Image, f, image, make_tar, sha256
 
 LAYER_ERRORS = (UnsafeLayerError, LayerFormatError)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -26,7 +26,7 @@ from containers_image_proxy.layers import (
     unpack,
     unpack_async,
 )
-from test_layers_support import Blob, TrackingReader, blob, d, f, sha256, sym, wh
+from testbed.layers import Blob, TrackingReader, blob, d, f, sha256, sym, wh
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from containers_image_proxy.layers import (
     unpack_layers,
 )
 from test_cli_ls import listed, on_disk
-from test_layers_support import E, Image, blob, d, f, hl, image, sha256, sym, wh
+from testbed.layers import E, Image, blob, d, f, hl, image, sha256, sym, wh
 
 
 def read(img: Image, path: str) -> bytes:

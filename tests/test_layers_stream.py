@@ -18,7 +18,7 @@ from containers_image_proxy.layers import (
     iter_layer,
 )
 from containers_image_proxy.layers._compression import sniff
-from test_layers_support import (
+from testbed.layers import (
     DOCKER_GZIP,
     OCI_GZIP,
     OCI_TAR,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from containers_image_proxy.layers import LayerSource, unpack_layers
-from test_layers_support import MTIME, OCI_GZIP, E, d, f, gz, hl, make_tar, sha256, sym, wh
+from testbed.layers import MTIME, OCI_GZIP, E, d, f, gz, hl, make_tar, sha256, sym, wh
 
 UMOCI = shutil.which("umoci")
 pytestmark = pytest.mark.skipif(UMOCI is None, reason="umoci is not installed")

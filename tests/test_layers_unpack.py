@@ -11,7 +11,7 @@ import pytest
 
 from containers_image_proxy import ConfigurationError
 from containers_image_proxy.layers import LayerDigestError, LayerFormatError, unpack_layers
-from test_layers_support import (
+from testbed.layers import (
     MTIME,
     OCI_GZIP,
     OCI_ZSTD,

@@ -174,7 +174,7 @@ def test_layer_list_over_the_limit(skopeo_release: SkopeoRelease, layouts: Layou
 
 
 def test_command_line_limit(big: BigManifests) -> None:
-    from test_cli_support import cli, ok, one_line_error
+    from testbed.cli import cli, ok, one_line_error
 
     ref = big.builder.ref("over")
     proc = cli("inspect", ref)

@@ -20,8 +20,8 @@ from containers_image_proxy import (
     RequestError,
 )
 from containers_image_proxy._core.notfound import image_not_found
-from test_cli_support import cli, skopeo_opt
 from testbed._run import run
+from testbed.cli import cli, skopeo_opt
 from testbed.images import LayoutBuilder, convert, small_image
 from testbed.registry import Registry
 from testbed.releases import SYSTEM_SKOPEO, SkopeoRelease

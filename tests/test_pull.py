@@ -24,8 +24,14 @@ from containers_image_proxy import (
     pull,
     pull_async,
 )
-from test_cli_examples import add_wasm_artifact
-from testbed.images import LayoutBuilder, convert, make_tar, random_layer, sha256_digest
+from testbed.images import (
+    LayoutBuilder,
+    add_wasm_artifact,
+    convert,
+    make_tar,
+    random_layer,
+    sha256_digest,
+)
 from testbed.registry import Registry
 from testbed.relay import Relay
 from testbed.releases import SkopeoRelease

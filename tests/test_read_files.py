@@ -19,8 +19,8 @@ from containers_image_proxy import (
     read_files_async,
 )
 from containers_image_proxy.layers import read_file_from_layers, read_files_from_layers
-from test_layers_support import Image, d, f, image, sym, wh
 from testbed.images import LayoutBuilder, make_tar
+from testbed.layers import Image, d, f, image, sym, wh
 from testbed.releases import SkopeoRelease
 
 OS_RELEASE, DPKG = "/etc/os-release", "/var/lib/dpkg/status"

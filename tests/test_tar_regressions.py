@@ -23,7 +23,7 @@ from containers_image_proxy.layers import (
     read_file_from_layers,
     unpack_layers,
 )
-from test_layers_support import OCI_GZIP, OCI_TAR, Blob, Image, gz, sha256
+from testbed.layers import OCI_GZIP, OCI_TAR, Blob, Image, gz, sha256
 from testbed.tarcraft import END, GNU, GoLister, compare, entry, header, our_listing, pax
 
 EVIL = b"planted by the layer\n"

@@ -534,3 +534,26 @@ def convert(
     """
     run([*skopeo_argv, "--insecure-policy", "copy", *extra_args, src_ref, dst_ref], timeout=timeout)
     return dst_ref
+
+
+WASM_CONFIG = "application/vnd.wasm.config.v0+json"
+WASM_LAYER = "application/wasm"
+
+
+def add_wasm_artifact(builder: LayoutBuilder, tag: str) -> tuple[bytes, dict[str, Any]]:
+    """An OCI artifact: a custom config media type and artifactType, one wasm blob."""
+    # The magic number and version of a WebAssembly binary, then an empty module body.
+    wasm = b"\x00asm\x01\x00\x00\x00" + bytes(range(256)) * 64
+    config = builder.add_blob(canonical_json({"wasm": True}), WASM_CONFIG)
+    layer = builder.add_blob(wasm, WASM_LAYER)
+    layer["annotations"] = {"org.opencontainers.image.title": "module.wasm"}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.wasm.v1",
+        "config": config,
+        "layers": [layer],
+    }
+    desc = builder.add_blob(canonical_json(manifest), manifest["mediaType"])
+    builder.tag(tag, desc)
+    return wasm, manifest

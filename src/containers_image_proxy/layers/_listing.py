@@ -409,7 +409,8 @@ def list_dir(proxy: SyncProxy, image: Any, path: str = "/") -> list[DirEntry]:
 
 
 async def list_dir_async(proxy: AsyncProxy, image: Any, path: str = "/") -> list[DirEntry]:
-    """The async twin of :func:`list_dir`, for an AsyncImageProxy."""
+    """The async twin of :func:`list_dir`, for an AsyncImageProxy; raises what it raises
+    (cancelling stops the worker and waits for its cleanup)."""
     import asyncio
 
     bridge = Bridge(asyncio.get_running_loop())

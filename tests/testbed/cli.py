@@ -1,6 +1,6 @@
 """Helpers for the command line tests: running the tool, a slow network, a tiny terminal.
 
-No tests here; the test_cli_* modules import from it.
+No tests here; the test_cli_* modules import from it (``from testbed.cli import ...``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Optional
 
 from testbed.releases import SkopeoRelease
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 TOOL = [sys.executable, "-m", "containers_image_proxy"]
 
 
