@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Optional, Union
+from typing import Deque, List, Optional, Tuple, Union
 
 from .state import BlobStream
 
@@ -27,7 +27,11 @@ MAX_BEHIND = 8 * 1024 * 1024
 #: thread and handing over would cost more than hashing them).
 HASH_HERE_BELOW = 128 * 1024
 
-_Data = Union[bytes, memoryview]
+#: ``readinto``'s bytes are copied into reused buffers of this size (larger pieces: bytes).
+COPY_SIZE = 1024 * 1024
+
+# a piece to hash, and the reused buffer it is in (None: a bytes object)
+_Item = Tuple[Union[bytes, memoryview], Optional[bytearray]]
 
 
 class HashBehind:
@@ -36,7 +40,8 @@ class HashBehind:
     def __init__(self, stream: BlobStream) -> None:
         self._stream = stream
         self._cond = threading.Condition()
-        self._items: Deque[bytes] = collections.deque()
+        self._items: Deque[_Item] = collections.deque()
+        self._spare: List[bytearray] = []  # copy buffers back from the hasher
         self._behind = 0  # bytes taken and not hashed yet
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
@@ -44,29 +49,37 @@ class HashBehind:
 
     def take_view(self, data: memoryview) -> None:
         """Hash ``data``, bytes of a buffer the caller may change once this returns."""
-        if self._hash_here(len(data)):
+        size = len(data)
+        if self._hash_here(size):
             self._stream.hash(data)
+        elif size > COPY_SIZE:
+            self._queue(bytes(data), None)
         else:
-            self._queue(bytes(data))
+            with self._cond:
+                buf = self._spare.pop() if self._spare else None
+            if buf is None:
+                buf = bytearray(COPY_SIZE)
+            buf[:size] = data
+            self._queue(memoryview(buf)[:size], buf)
 
     def take_bytes(self, data: bytes) -> None:
         """Hash ``data`` (immutable: it is hashed as it is, maybe later)."""
         if self._hash_here(len(data)):
             self._stream.hash(data)
         else:
-            self._queue(data)
+            self._queue(data, None)
 
     def _hash_here(self, size: int) -> bool:
         # only the reader's thread adds to _behind: a 0 seen here stays 0 until it adds
         return not self._stream.hashing or (self._behind == 0 and size < HASH_HERE_BELOW)
 
-    def _queue(self, data: bytes) -> None:
+    def _queue(self, data: Union[bytes, memoryview], buf: Optional[bytearray]) -> None:
         with self._cond:
             while self._behind >= MAX_BEHIND and self._error is None:
                 self._cond.wait()
             if self._error is not None:
                 raise self._error
-            self._items.append(data)
+            self._items.append((data, buf))
             self._behind += len(data)
             self._cond.notify_all()
             if self._thread is None:
@@ -105,7 +118,7 @@ class HashBehind:
                     self._behind = 0
                     cond.notify_all()
                     return
-                data = self._items[0]
+                data, buf = self._items[0]
             try:
                 self._stream.hash(data)
             except BaseException as e:  # raised to the reader by drain or the next take
@@ -115,4 +128,7 @@ class HashBehind:
                 if self._items:
                     self._items.popleft()
                     self._behind -= len(data)
+                if buf is not None:
+                    data.release()  # type: ignore[union-attr]
+                    self._spare.append(buf)
                 cond.notify_all()
