@@ -131,17 +131,40 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
         return self._verified_end()
 
     async def _fill(self, b: WriteableBuffer) -> int:
-        """Fill ``b`` unless the blob ends first."""
+        """Fill ``b`` unless the blob ends first; 0 at the end (after verification). The
+        bytes are hashed once the buffer is full (one piece to hash behind the caller,
+        however many reads it took), and before the end is judged."""
+        if self.closed:
+            raise ValueError("read from a closed AsyncBlobReader")
         with memoryview(b) as mv, mv.cast("B") as view:
-            filled = 0
-            while filled < len(view):
-                with view[filled:] as rest:
-                    got = await self._read_once(rest)
-                if not got:
-                    break
-                filled += got
-                await self._pacer.after(got, filled < len(view))
-            return filled
+            filled = hashed = 0
+            if self._leftover and view:
+                filled = hashed = await self._read_once(view)  # already hashed
+            try:
+                while filled < len(view) and not self._ended:
+                    with view[filled:] as rest:
+                        got = await self._pull(rest, hash_here=False)
+                    if got:
+                        filled += got
+                        await self._pacer.after(got, filled < len(view))
+                        continue
+                    start, hashed = hashed, filled  # (a cancelled hash still finishes)
+                    with view[start:filled] as data:
+                        await self._hashing.take_view(data)
+                    await self._end()  # size reached, EOF, or too much data
+                if hashed < filled:
+                    start, hashed = hashed, filled
+                    with view[start:filled] as data:
+                        await self._hashing.take_view(data)
+            except backend.CANCELLED:
+                # what left the pipe is hashed and kept for the next read (none returned)
+                with view[hashed:filled] as data:
+                    self._stream.hash(data)
+                self._leftover = bytes(view[:filled])
+                raise
+            if filled or not view:
+                return filled
+            return self._verified_end()
 
     async def _pull_bytes(self, size: int) -> bytes:
         """Like :meth:`_pull`, into a new ``bytes`` (no copy; not hashed); b"": over."""

@@ -22,7 +22,7 @@ from .state import BlobStream
 
 #: At most this many bytes wait to be hashed; a reader ahead by more waits for the hasher.
 #: Also bounds the memory the copies of ``readinto`` take.
-MAX_BEHIND = 8 * 1024 * 1024
+MAX_BEHIND = 4 * 1024 * 1024
 #: Smaller pieces are hashed on the reader's thread when nothing waits (starting the
 #: thread and handing over would cost more than hashing them).
 HASH_HERE_BELOW = 128 * 1024
@@ -42,7 +42,7 @@ class HashBehind:
         self._cond = threading.Condition()
         self._items: Deque[_Item] = collections.deque()
         self._spare: List[bytearray] = []  # copy buffers back from the hasher
-        self._behind = 0  # bytes taken and not hashed yet
+        self._behind = 0  # bytes taken and not hashed yet (a copy counts its whole buffer)
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self._error: Optional[BaseException] = None
@@ -80,7 +80,7 @@ class HashBehind:
             if self._error is not None:
                 raise self._error
             self._items.append((data, buf))
-            self._behind += len(data)
+            self._behind += len(data) if buf is None else len(buf)
             self._cond.notify_all()
             if self._thread is None:
                 self._stopping = False
@@ -127,7 +127,7 @@ class HashBehind:
             with cond:
                 if self._items:
                     self._items.popleft()
-                    self._behind -= len(data)
+                    self._behind -= len(data) if buf is None else len(buf)
                 if buf is not None:
                     data.release()  # type: ignore[union-attr]
                     self._spare.append(buf)
