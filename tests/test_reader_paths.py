@@ -27,6 +27,7 @@ from containers_image_proxy import (
     ProxyConfig,
     TransferProgress,
 )
+from containers_image_proxy._async import _backend as async_backend
 from containers_image_proxy._progress import REPORT_INTERVAL
 from containers_image_proxy._stream import hashing
 from containers_image_proxy._stream.state import BlobStream
@@ -341,3 +342,11 @@ def test_abandoned_read_stops_the_hasher(
         monkeypatch.setattr(BlobStream, "hash", real_hash)
         with proxy.get_blob(img, layer.digest, layer.size) as blob:
             assert blob.read() == layer.blob
+
+
+def test_async_splice_wait_on_a_regular_file(tmp_path: Path) -> None:
+    """A splice into a file can meet an empty pipe that refills before the reader looks
+    again; the asyncio reader then waits for its destination, which epoll refuses for a
+    regular file (EPERM). That wait returns at once: a file is always writable."""
+    with open(tmp_path / "out", "wb") as f:
+        asyncio.run(asyncio.wait_for(async_backend.wait_writable(f.fileno()), 10))

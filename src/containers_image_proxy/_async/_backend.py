@@ -257,7 +257,8 @@ async def wait_readable(fd: int, timeout: Optional[float]) -> bool:
 
 
 async def wait_writable(fd: int) -> None:
-    """Wait until ``fd`` (a full pipe the caller gave) takes data again, on a loop writer."""
+    """Wait until ``fd`` (a full pipe the caller gave) takes data again, on a loop writer
+    (at once for a regular file)."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
 
@@ -265,7 +266,12 @@ async def wait_writable(fd: int) -> None:
         if not fut.done():
             fut.set_result(None)
 
-    loop.add_writer(fd, ready)
+    try:
+        loop.add_writer(fd, ready)
+    except PermissionError:
+        # epoll refuses regular files, which are always writable: a splice into one that
+        # met an empty pipe (refilled since) is simply tried again
+        return
     try:
         await fut
     finally:

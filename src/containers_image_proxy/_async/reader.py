@@ -259,7 +259,7 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
         meter.done = start
         meter.start()
         if out is None:
-            while data := await self._read_chunk(READ_CHUNK, False):
+            while data := await self._read_chunk(READ_CHUNK, True):
                 await backend.write_plain(dest, data)  # type: ignore[arg-type]
                 meter.advance(len(data))
         else:

@@ -261,7 +261,7 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
         meter.done = start
         meter.start()
         if out is None:
-            while data := self._read_chunk(READ_CHUNK, False):
+            while data := self._read_chunk(READ_CHUNK, True):
                 backend.write_plain(dest, data)  # type: ignore[arg-type]
                 meter.advance(len(data))
         else:
