@@ -84,7 +84,11 @@ class Meter:
             return
         now = time.monotonic()
         with self._lock:
-            if not force and now - self._last < REPORT_INTERVAL:
+            if not force and (
+                now - self._last < REPORT_INTERVAL
+                or (self.total is not None and self.done >= self.total)
+            ):
+                # all bytes are in, but not yet verified: finish() reports done == total
                 return
             self._last = now
             report = TransferProgress(self.digest, self.done, self.total, self.local)

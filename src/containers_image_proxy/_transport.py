@@ -36,6 +36,13 @@ class Writable(Protocol):
     def flush(self) -> None: ...
 
 
+class BytesSink(Protocol):
+    """Any other destination of ``copy_to``: an object with ``write`` (a ``BytesIO``, a
+    hashing wrapper), given ``bytes`` and returning the count written (or None: all)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 def receive_reply(sock: socket.socket, buf: bytearray) -> Tuple[bytes, List[int], bool]:
     """Receive one SEQPACKET message into ``buf``: ``(payload, fds, truncated)``.
 

@@ -11,6 +11,8 @@ it calls these names, and ``_sync/_backend.py`` offers the same ones for threads
   not ``poll``, which would block; :func:`wait_exit` and :func:`sleep` do not block either.
 - :func:`hash_bytes` and :data:`CANCELLED`: large chunks are hashed on worker threads, not on
   the loop; a read cancelled while its bytes are hashed keeps them for the next read.
+- :class:`Hashing`: the reads hash as they go (large pieces on worker threads); the sync
+  reader hashes behind them instead. :func:`write_plain` awaits an async ``write``.
 - :class:`ReturnedBuffers`: the copy's writer thread hands buffers back to the loop.
 - :class:`Pacer`: no coalescing pause in bulk copies (the loop's timers are too coarse).
 - :func:`settle`, :func:`state_lock`, :func:`new_slot_lock`, :func:`start_in_init`: the pool
@@ -26,6 +28,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import inspect
 import os
 import threading
 from typing import (
@@ -49,7 +52,7 @@ from .._errors import ProtocolError, ProxyClosedError, ProxyError
 from .._link import LinkBase
 from .._process import SkopeoProcess
 from .._stream.state import BlobStream
-from .._transport import READ_CHUNK, peer_closed, receive_reply
+from .._transport import READ_CHUNK, BytesSink, peer_closed, receive_reply
 from ._opening import Opening as Opening  # what get_blob returns, for the shared source
 from ._opening import opening as opening
 
@@ -259,7 +262,8 @@ async def wait_readable(fd: int, timeout: Optional[float]) -> bool:
 
 
 async def wait_writable(fd: int) -> None:
-    """Wait until ``fd`` (a full pipe the caller gave) takes data again, on a loop writer."""
+    """Wait until ``fd`` (a full pipe the caller gave) takes data again, on a loop writer
+    (at once for a regular file)."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
 
@@ -267,7 +271,12 @@ async def wait_writable(fd: int) -> None:
         if not fut.done():
             fut.set_result(None)
 
-    loop.add_writer(fd, ready)
+    try:
+        loop.add_writer(fd, ready)
+    except PermissionError:
+        # epoll refuses regular files, which are always writable: a splice into one that
+        # met an empty pipe (refilled since) is simply tried again
+        return
     try:
         await fut
     finally:
@@ -316,6 +325,41 @@ async def hash_bytes(stream: BlobStream, data: memoryview) -> None:
         # hash must take these bytes before any other: let it finish
         work.result()
         raise
+
+
+class Hashing:
+    """Where the reader's bytes are hashed: here, as they are read (large pieces on a worker
+    thread, awaited, so a cancelled read can keep its bytes); nothing is left to drain."""
+
+    def __init__(self, stream: BlobStream) -> None:
+        self._stream = stream
+
+    async def take_view(self, data: memoryview) -> None:
+        """Hash ``data`` before returning."""
+        await hash_bytes(self._stream, data)
+
+    async def take_bytes(self, data: bytes) -> None:
+        """Hash ``data`` before returning."""
+        with memoryview(data) as view:
+            await hash_bytes(self._stream, view)
+
+    async def drain(self) -> None:
+        """Nothing: every byte taken is hashed already."""
+
+    def close(self, wait: bool = True) -> None:
+        """Nothing to stop."""
+
+
+async def write_plain(dest: BytesSink, data: bytes) -> None:
+    """``dest.write(data)`` for a destination without a descriptor; a ``write`` that
+    returns an awaitable (an async file) is awaited. A short count writes the rest."""
+    while data:
+        written = dest.write(data)
+        if inspect.isawaitable(written):
+            written = await written
+        if not isinstance(written, int) or isinstance(written, bool) or written >= len(data):
+            return
+        data = data[max(written, 0) :]
 
 
 class ReturnedBuffers:
@@ -400,6 +444,9 @@ class ReaderBase:
     async def _read_once(self, b: WriteableBuffer) -> int:
         raise NotImplementedError
 
+    async def _read_chunk(self, size: int, fill: bool) -> bytes:
+        raise NotImplementedError
+
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -417,13 +464,10 @@ class ReaderBase:
         Raises as :meth:`readinto` does."""
         if size < 0:
             parts: List[bytes] = []
-            while part := await self.read(READ_CHUNK):
+            while part := await self._read_chunk(READ_CHUNK, False):
                 parts.append(part)
             return b"".join(parts)
-        buf = bytearray(size)
-        n = await self._read_once(buf)
-        del buf[n:]
-        return bytes(buf)
+        return await self._read_chunk(size, False)
 
     async def aclose(self) -> None:
         """:meth:`close`."""

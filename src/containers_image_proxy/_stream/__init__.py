@@ -5,4 +5,5 @@
   killed skopeo from a short blob, resuming an interrupted transfer) as a generator of
   actions, written once for both readers.
 - ``copying``: ``copy_to``'s helpers: the hash and write threads, and read coalescing.
+- ``hashing``: the sync reader's plain reads, hashed on a helper thread behind the caller.
 """

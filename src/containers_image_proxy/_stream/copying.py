@@ -71,6 +71,24 @@ class Coalescer:
         return pause
 
 
+def descriptor_of(dest: object) -> Optional[int]:
+    """The descriptor ``copy_to`` writes to: ``dest`` itself, or its ``fileno()`` after a
+    flush; None for a file object without one (a ``BytesIO``), written with ``write``."""
+    if isinstance(dest, int):
+        return dest
+    fileno = getattr(dest, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    flush = getattr(dest, "flush", None)
+    if flush is not None:
+        flush()
+    return int(fd)
+
+
 def buffer_count(size: Optional[int]) -> int:
     """How many buffers a stream of ``size`` bytes (None: unknown) is worth; 0: none."""
     if size is not None and size < MIN_PIPELINED_SIZE:

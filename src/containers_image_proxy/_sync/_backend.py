@@ -11,6 +11,9 @@ names, which ``_async/_backend.py`` offers for the event loop:
   :func:`sleep` block the calling thread.
 - :func:`hash_bytes` and :data:`CANCELLED`: bytes are hashed on the reading thread, which
   nothing cancels.
+- :class:`Hashing` (``_stream.hashing.HashBehind``): the plain reads' bytes are hashed on a
+  helper thread while the caller uses them. :func:`write_plain` writes to a file without
+  a descriptor.
 - :class:`ReturnedBuffers`: the copy's writer thread hands buffers back through a queue.
 - :class:`Pacer`: bulk copies pause while the pipe fills (``_stream.copying.Coalescer``).
 - :func:`settle`, :func:`state_lock`, :func:`new_slot_lock`, :func:`start_in_init`: the pool
@@ -37,8 +40,9 @@ from .._errors import ProtocolError, ProxyClosedError, ProxyError, ProxyStalledE
 from .._link import LinkBase
 from .._process import SkopeoProcess
 from .._stream.copying import Coalescer
+from .._stream.hashing import HashBehind
 from .._stream.state import BlobStream
-from .._transport import READ_CHUNK, peer_closed, receive_reply
+from .._transport import READ_CHUNK, BytesSink, peer_closed, receive_reply
 from .._transport import wait_readable as wait_readable  # poll, shared with _oneshot
 
 if TYPE_CHECKING:
@@ -214,6 +218,20 @@ def hash_bytes(stream: BlobStream, data: memoryview) -> None:
     stream.hash(data)
 
 
+#: The plain reads' bytes are hashed on a helper thread while the caller uses them.
+Hashing = HashBehind
+
+
+def write_plain(dest: BytesSink, data: bytes) -> None:
+    """``dest.write(data)`` for a destination without a descriptor; a short count (a raw
+    file's) writes the rest."""
+    while data:
+        written = dest.write(data)
+        if not isinstance(written, int) or isinstance(written, bool) or written >= len(data):
+            return
+        data = data[max(written, 0) :]
+
+
 class ReturnedBuffers:
     """The buffers ``copy_to``'s writer thread gives back to the reading thread."""
 
@@ -289,6 +307,9 @@ class ReaderBase(io.BufferedIOBase):
     def _fill(self, b: WriteableBuffer) -> int:
         raise NotImplementedError
 
+    def _read_chunk(self, size: int, fill: bool) -> bytes:
+        raise NotImplementedError
+
     def readable(self) -> bool:
         return True
 
@@ -310,20 +331,14 @@ class ReaderBase(io.BufferedIOBase):
         Raises as :meth:`readinto` does."""
         if size is None or size < 0:
             parts: List[bytes] = []
-            while part := self.read1(READ_CHUNK):
+            while part := self._read_chunk(READ_CHUNK, False):
                 parts.append(part)
             return b"".join(parts)
-        buf = bytearray(size)
-        n = self.readinto(buf)
-        del buf[n:]
-        return bytes(buf)
+        return self._read_chunk(size, True)
 
     def read1(self, size: int = -1) -> bytes:
         """Read at most ``size`` bytes with a single read of the pipe."""
-        buf = bytearray(READ_CHUNK if size < 0 else size)
-        n = self._read_once(buf)
-        del buf[n:]
-        return bytes(buf)
+        return self._read_chunk(READ_CHUNK if size < 0 else size, False)
 
 
 def opening(reader: T) -> T:

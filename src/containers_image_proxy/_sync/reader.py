@@ -10,14 +10,15 @@ whether a bulk copy pauses, and the read methods each kind of caller expects).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Protocol, Union
+from typing import TYPE_CHECKING, List, Optional, Protocol, Union
 
 from .._config import ProxyConfig
 from .._core.actions import Op, T
 from .._errors import ProxyError
+from .._progress import Meter, ProgressCallback
 from .._stream import copying as pipeline
 from .._stream import ends as streaming
-from .._transport import READ_CHUNK, Writable, readable_now, write_all
+from .._transport import READ_CHUNK, BytesSink, Writable, readable_now, write_all
 from . import _backend as backend
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
         self._failure = None
         self._nonblocking_fd = -1
         self._leftover = b""  # bytes of an interrupted read, returned by the next one
+        self._hashing = backend.Hashing(self._stream)
+        # a read that fills (``read(n)``, iteration) waits while the pipe fills, as copy_to
+        self._pacer = backend.Pacer(ends.pipe_size)
 
     @property
     def bytes_read(self) -> int:
@@ -102,7 +106,7 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
             if hash_here and got:
                 with chunk[:got] as data:
                     try:
-                        backend.hash_bytes(self._stream, data)
+                        self._hashing.take_view(data)
                     except backend.CANCELLED:
                         # the bytes have left the pipe and are hashed: the next read
                         # returns them, as if this one had never happened
@@ -130,60 +134,161 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
         return self._verified_end()
 
     def _fill(self, b: WriteableBuffer) -> int:
-        """Fill ``b`` unless the blob ends first."""
+        """Fill ``b`` unless the blob ends first; 0 at the end (after verification). The
+        bytes are hashed once the buffer is full (one piece to hash behind the caller,
+        however many reads it took), and before the end is judged."""
+        if self.closed:
+            raise ValueError("read from a closed BlobReader")
         with memoryview(b) as mv, mv.cast("B") as view:
-            filled = 0
-            while filled < len(view):
-                with view[filled:] as rest:
-                    got = self._read_once(rest)
-                if not got:
-                    break
-                filled += got
-            return filled
+            filled = hashed = 0
+            if self._leftover and view:
+                filled = hashed = self._read_once(view)  # already hashed
+            try:
+                while filled < len(view) and not self._ended:
+                    with view[filled:] as rest:
+                        got = self._pull(rest, hash_here=False)
+                    if got:
+                        filled += got
+                        self._pacer.after(got, filled < len(view))
+                        continue
+                    start, hashed = hashed, filled  # (a cancelled hash still finishes)
+                    with view[start:filled] as data:
+                        self._hashing.take_view(data)
+                    self._end()  # size reached, EOF, or too much data
+                if hashed < filled:
+                    start, hashed = hashed, filled
+                    with view[start:filled] as data:
+                        self._hashing.take_view(data)
+            except backend.CANCELLED:
+                # what left the pipe is hashed and kept for the next read (none returned)
+                with view[hashed:filled] as data:
+                    self._stream.hash(data)
+                self._leftover = bytes(view[:filled])
+                raise
+            if filled or not view:
+                return filled
+            return self._verified_end()
+
+    def _pull_bytes(self, size: int) -> bytes:
+        """Like :meth:`_pull`, into a new ``bytes`` (no copy; not hashed); b"": over."""
+        n = self._stream.want(min(size, READ_CHUNK))
+        if not n:
+            return b""
+        fd = self._data_fd()
+        while True:
+            try:
+                data = os.read(fd, n)
+                break
+            except BlockingIOError:
+                self._wait_data(fd)
+        self._stream.count(len(data))
+        return b"" if self._stream.overflowed else data
+
+    def _read_chunk(self, size: int, fill: bool) -> bytes:
+        """Up to ``size`` bytes as a new ``bytes`` (``fill``: fewer only at the end); b""
+        at the end, after verification. The result cannot change, so its hash may run
+        behind the caller (``backend.Hashing``); the end is judged once all is hashed."""
+        if self.closed:
+            raise ValueError("read from a closed BlobReader")
+        if size <= 0:
+            return b""
+        if self._leftover:
+            data, self._leftover = self._leftover[:size], self._leftover[size:]
+            return data
+        parts: List[bytes] = []
+        have = 0
+        try:
+            while have < size and not self._ended:
+                data = self._pull_bytes(size - have)
+                if data:
+                    parts.append(data)  # first: a hash cancelled below still finishes
+                    self._hashing.take_bytes(data)
+                    have += len(data)
+                    if not fill:
+                        break
+                    self._pacer.after(len(data), have < size)
+                    continue
+                self._end()  # size reached, EOF, or too much data
+        except backend.CANCELLED:
+            # the bytes have left the pipe and are hashed: the next read returns them
+            self._leftover = b"".join(parts)
+            raise
+        if not parts:
+            self._verified_end()
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def __iter__(self) -> BlobReader:
         return self
 
     def __next__(self) -> bytes:
         """The next 1 MiB (fewer bytes only at the end)."""
-        buf = bytearray(READ_CHUNK)
-        n = self._fill(buf)
-        if not n:
+        data = self._read_chunk(READ_CHUNK, True)
+        if not data:
             raise StopIteration
-        del buf[n:]
-        return bytes(buf)
+        return data
 
-    def copy_to(self, dest: Union[int, Writable]) -> int:
-        """Copy the rest of the blob to ``dest`` (an fd or a file with ``fileno()``); returns
-        the bytes copied, after verification.
+    def copy_to(
+        self,
+        dest: Union[int, Writable, BytesSink],
+        *,
+        progress: Optional[ProgressCallback] = None,
+    ) -> int:
+        """Copy the rest of the blob to ``dest``; returns the bytes copied, after
+        verification.
+
+        ``dest`` is a descriptor, a file with ``fileno()`` (flushed first), or any object
+        with ``write()`` (a ``BytesIO``, a socket file, a hashing wrapper), which is given
+        ``bytes`` (and awaited by the asyncio reader when it returns an awaitable).
+        ``progress`` receives :class:`~containers_image_proxy.TransferProgress` reports
+        (``done`` counts from the blob's start) at most every 0.1 s, the last one after
+        verification with ``done == total``.
 
         Where nothing needs to see the bytes (a GetBlob stream, verified by skopeo, or an
-        unverified GetRawBlob) they move from the pipe with ``os.splice``, never entering
-        Python (a splice to a regular file blocks briefly, as its writes do). A stream
-        hashed here is read here while two helper threads hash and write it (small ones:
-        one reused buffer, hashed on the way).
+        unverified GetRawBlob) they move from the pipe to a descriptor with ``os.splice``,
+        never entering Python (a splice to a regular file blocks briefly, as its writes
+        do). A stream hashed here is read here while two helper threads hash and write it
+        (small ones: one reused buffer, hashed on the way).
+
+        Raises :class:`~containers_image_proxy.BlobVerificationError` on a size or digest
+        mismatch, the destination's own error (``OSError``), ``ValueError`` when closed,
+        and the errors of a read.
         """
-        out = dest if isinstance(dest, int) else dest.fileno()
-        if not isinstance(dest, int):
-            dest.flush()
         if self.closed:
             raise ValueError("read from a closed BlobReader")
+        out = pipeline.descriptor_of(dest)
         start = self.bytes_read
+        meter = Meter(progress, str(self.digest), self.size)
+        meter.done = start
+        meter.start()
+        if out is None:
+            while data := self._read_chunk(READ_CHUNK, True):
+                backend.write_plain(dest, data)  # type: ignore[arg-type]
+                meter.advance(len(data))
+        else:
+            self._copy_to_fd(out, meter)
+        meter.finish()
+        return self._stream.received - start
+
+    def _copy_to_fd(self, out: int, meter: Meter) -> None:
         if self._leftover:
             write_all(out, memoryview(self._leftover))
+            meter.advance(len(self._leftover))
             self._leftover = b""
         if self._stream.hashing or not hasattr(os, "splice"):
             size = self._stream.size
-            buffers = pipeline.buffer_count(None if size is None else size - start)
+            buffers = pipeline.buffer_count(None if size is None else size - self.bytes_read)
             if buffers and self._stream.hashing:
-                self._copy_with_helpers(out, buffers)
+                self._hashing.drain()  # the pipeline hashes on: in order
+                self._copy_with_helpers(out, buffers, meter)
             else:
                 buf = bytearray(READ_CHUNK)
                 with memoryview(buf) as view:
                     while got := self._read_once(buf):
                         with view[:got] as data:
                             write_all(out, data)
-            return self._stream.received - start
+                        meter.advance(got)
+            return
         pacer = backend.Pacer(self._ends.pipe_size)
         while not self._ended:
             n = self._stream.want(READ_CHUNK)
@@ -192,11 +297,11 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
                 if moved:
                     self._stream.advance(moved)
                     if not self._stream.overflowed:
+                        meter.advance(moved)
                         pacer.after(moved)
                         continue
             self._end()
         self._verified_end()
-        return self._stream.received - start
 
     def _splice_once(self, out: int, count: int) -> int:
         fd = self._data_fd()
@@ -209,7 +314,7 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
                 else:
                     self._wait_data(fd)
 
-    def _copy_with_helpers(self, out: int, buffers: int) -> None:
+    def _copy_with_helpers(self, out: int, buffers: int, meter: Meter) -> None:
         """Read here while helper threads hash and write (see _stream.copying)."""
         returned = backend.ReturnedBuffers()
         stages = pipeline.HashWritePipeline(out, self._stream.hash, returned.put, buffers)
@@ -237,6 +342,7 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
                         pacer.after(got, filled < len(view))
                 if filled:
                     stages.submit(buf, filled)
+                    meter.advance(filled)
                 else:
                     idle.append(buf)
                 if filled < len(buf):  # the data part is over: judge it on every byte
@@ -251,6 +357,7 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
     def _end(self) -> None:
         """The data part is over: finish, verify, or resume an interrupted transfer."""
         try:
+            self._hashing.drain()  # judged on every byte
             op = streaming.end_stream(self._ends, self._proxy._config.retries)
             resumed = self._proxy._run(op)
         except BaseException as e:
@@ -277,6 +384,7 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
         if self.closed:
             return
         self._mark_closed()
+        self._hashing.close()
         if not self._ended:
             self._ended = True
             try:
@@ -300,3 +408,6 @@ class BlobReader(streaming.StreamInfo, backend.ReaderBase):
         ends = getattr(self, "_ends", None)
         if ends is not None:
             ends.close()
+        hashing = getattr(self, "_hashing", None)
+        if hashing is not None:
+            hashing.close(wait=False)
