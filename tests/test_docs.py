@@ -46,3 +46,23 @@ def test_every_public_name_and_method_has_a_docstring() -> None:
                 if not (inspect.getdoc(member) or "").strip():
                     undocumented.append(f"{name}.{attr}")
     assert not undocumented, f"no docstring: {undocumented}"
+
+
+def test_every_public_function_and_method_says_what_it_raises() -> None:
+    """Every public callable's docstring speaks of what it raises (or that it never does)."""
+    silent = []
+    for name in containers_image_proxy.__all__:
+        obj = getattr(containers_image_proxy, name)
+        if inspect.isclass(obj) and issubclass(obj, BaseException):
+            continue
+        members = (
+            [(f"{name}.{a}", getattr(obj, a)) for a, m in vars(obj).items() if callable(m)]
+            if inspect.isclass(obj)
+            else [(name, obj)]
+        )
+        for label, member in members:
+            if label.rsplit(".", 1)[-1].startswith("_") or not callable(member):
+                continue
+            if "raise" not in (inspect.getdoc(member) or "").lower():
+                silent.append(label)
+    assert not silent, f"say what these raise: {silent}"

@@ -378,7 +378,8 @@ class AsyncBlobReader(streaming.StreamInfo, backend.ReaderBase):
             await self.close_quietly()
 
     async def close_quietly(self) -> None:
-        """Abandon the stream: close our ends; the proxy sees EPIPE and stays usable."""
+        """Abandon the stream: close our ends; the proxy sees EPIPE and stays usable. Never
+        raises (nothing is verified: use it while another error unwinds)."""
         if self.closed:
             return
         self._mark_closed()
