@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -245,8 +246,43 @@ def test_a_cancelled_async_pull_leaves_no_temporary_file(
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            # the image the pull opened is released in the proxy, cancelled or not
+            for _ in range(100):
+                if not proxy._session.open_images:
+                    break
+                await asyncio.sleep(0.01)  # the close was started on the loop, not awaited
+            assert not proxy._session.open_images
 
     asyncio.run(main())
     assert leftovers(dest) == []
     assert not (dest / "index.json").exists()
     assert os.path.isdir(dest / "blobs")
+
+
+def test_a_failed_instance_reports_its_own_error_not_the_cancel_it_caused() -> None:
+    """The engine's runner alone (no proxy): one call fails, the others are cancelled by it;
+    the caller sees the failure, whichever finished first."""
+    from containers_image_proxy._layout import Layout
+    from containers_image_proxy._pull import Cancelled, _Puller
+
+    class Broken(Exception):
+        pass
+
+    def calls(puller: _Puller, gate: threading.Event) -> list[Callable[[], None]]:
+        def fails() -> None:
+            # as an instance's own pull does: stop the others, wait for its workers, raise
+            puller.cancel.set()
+            gate.wait(5)
+            raise Broken()
+
+        def stopped() -> None:
+            puller.cancel.wait(5)  # stopped by the failure, as a blob transfer would be
+            gate.set()
+            raise Cancelled("the pull was stopped")
+
+        return [stopped, fails]
+
+    for _ in range(20):
+        puller = _Puller(None, Layout.__new__(Layout), None, 4)
+        with pytest.raises(Broken):
+            puller.run_all(calls(puller, threading.Event()), 2)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Mirror a multi-platform image into an OCI layout: every platform, the index kept as
-stored (so the mirror's tag has the source's own digest).
+stored, so the mirror's tag has the source's own digest (for an OCI index; a Docker
+manifest list's instances are converted to OCI, and an index of the conversions is written).
 
     python mirror.py IMAGE LAYOUT_DIR[:TAG] [--tls-verify=false]
 
@@ -17,7 +18,7 @@ from containers_image_proxy import ImageProxy, ProxyConfig, pull
 
 
 def main(image: str, target: str, tls_verify: bool = True) -> None:
-    layout, _, tag = target.partition(":")
+    layout, _, tag = target.rpartition(":") if ":" in target else (target, "", "")
     with ImageProxy(ProxyConfig(tls_verify=tls_verify)) as proxy:
         found = proxy.fetch_index(image)
         if found is not None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A scanner: which OS, and how many Debian packages, in every tag of a repository.
 
-    python scanner.py REPOSITORY [--pool-size N] [--tls-verify=false]
+    python scanner.py REPOSITORY [--pool-size=N] [--tls-verify=false]
 
 REPOSITORY is ``docker://registry/repo`` (no tag). The tags come from ``list_tags``; a
 ``ProxyPool`` overlaps the round trips to the registry; ``read_files`` reads
@@ -16,7 +16,14 @@ import json
 import sys
 from typing import Any
 
-from containers_image_proxy import ImageNotFoundError, ProxyConfig, ProxyPool, read_files
+from containers_image_proxy import (
+    ImageNotFoundError,
+    LayerFormatError,
+    ProxyConfig,
+    ProxyPool,
+    RequestError,
+    read_files,
+)
 
 OS_RELEASE, DPKG_STATUS = "/etc/os-release", "/var/lib/dpkg/status"
 
@@ -28,7 +35,11 @@ def scan(pool: ProxyPool, reference: str) -> dict[str, Any]:
         return {"reference": reference, "missing": True}
     with img:
         digest, _ = pool.fetch_manifest(img)
-        files = read_files(pool, img, [OS_RELEASE, DPKG_STATUS], max_size=64 << 20)
+        try:
+            files = read_files(pool, img, [OS_RELEASE, DPKG_STATUS], max_size=64 << 20)
+        except (LayerFormatError, RequestError) as e:
+            # not a filesystem (a signature or SBOM artifact tag, say): say so, go on
+            return {"reference": reference, "digest": str(digest), "error": str(e)}
     os_release = dict(
         line.split("=", 1)
         for line in files.get(OS_RELEASE, b"").decode(errors="replace").splitlines()

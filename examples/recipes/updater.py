@@ -13,14 +13,18 @@ leaves the previous version usable and the next run resumes. Prints one line per
 from __future__ import annotations
 
 import sys
+import threading
 
 from containers_image_proxy import ImageProxy, ProxyConfig, TransferProgress, pull
 
 
 def main(image: str, layout: str, tls_verify: bool = True) -> None:
+    lock = threading.Lock()  # reports come from the threads fetching blobs side by side
+
     def progress(p: TransferProgress) -> None:
         if p.finished:  # one report per blob says it is done; the others say how far
-            print(f"{'kept' if p.local else 'fetched'} {p.digest} ({p.total} bytes)")
+            with lock:
+                print(f"{'kept' if p.local else 'fetched'} {p.digest} ({p.total} bytes)")
 
     with ImageProxy(ProxyConfig(tls_verify=tls_verify)) as proxy:
         digest = pull(proxy, image, layout, tag="current", progress=progress)

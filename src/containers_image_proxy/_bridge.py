@@ -136,8 +136,13 @@ class BridgedProxy:
         return self._call("open_image", reference)
 
     def close_image(self, image: Any) -> None:
-        """``close_image`` on the loop."""
-        self._call("close_image", image)
+        """``close_image`` on the loop; once the caller was cancelled, started without
+        waiting (the image must still be released in the proxy)."""
+        closing = self._proxy.close_image(image)
+        if self._bridge.cancelled.is_set():
+            self._bridge.fire(closing)
+        else:
+            self._bridge.call(closing)
 
     def fetch_manifest_raw_oci(self, image: Any) -> Any:
         """``fetch_manifest_raw_oci`` on the loop."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from ._catalog import fetch_raw_manifest, parse_raw_manifest
-from ._errors import ConfigurationError, ImageNotFoundError, ProxyError
+from ._errors import ConfigurationError, ImageNotFoundError, ProtocolError, ProxyError
 from ._layout import Layout
 from ._models import (
     MEDIA_TYPE_DOCKER_CONFIG,
@@ -172,6 +172,8 @@ class _Puller:
         self.run_all([lambda d=d: self.ensure_blob(img, d) for d in blobs], self.jobs)
 
     def run_all(self, calls: Sequence[Any], jobs: int) -> None:
+        """Run ``calls``, ``jobs`` at a time; the first failure stops the others, and the
+        error raised is the one that caused the stop (not a ``Cancelled`` it led to)."""
         if len(calls) <= 1 or jobs <= 1:
             for call in calls:
                 call()
@@ -181,11 +183,21 @@ class _Puller:
             try:
                 for fut in concurrent.futures.as_completed(futures):
                     fut.result()
-            except BaseException:
-                # the others stop at their next chunk; the executor waits for them
+            except BaseException as first:
+                # the others stop at their next chunk; wait for them, then report the cause
                 self.cancel.set()
                 for fut in futures:
                     fut.cancel()
+                concurrent.futures.wait(futures)
+                causes = [
+                    e
+                    for fut in futures
+                    if not fut.cancelled()
+                    and (e := fut.exception()) is not None
+                    and not isinstance(e, Cancelled)
+                ]
+                if isinstance(first, Cancelled) and causes:
+                    raise causes[0] from None
                 raise
 
     # --- one image -----------------------------------------------------------------------
@@ -215,7 +227,10 @@ class _Puller:
                         reference=str(ref),
                     )
             stored, raw = self.proxy.fetch_manifest_raw_oci(img)
-            manifest = ImageManifest.from_bytes(raw)
+            try:
+                manifest = ImageManifest.from_bytes(raw)
+            except ConfigurationError as e:  # the registry's content, not the caller's
+                raise ProtocolError(f"GetManifest of {ref}: {e}") from None
             blobs = {str(d.digest): d for d in (*manifest.layers, manifest.config)}
             if self._store_converted_config(img, manifest.config):
                 # fetched just now (GetFullConfig), not found in the layout: say so once
@@ -436,9 +451,9 @@ async def pull_async(
     """The asyncio twin of :func:`pull`, for an AsyncImageProxy or an AsyncProxyPool.
 
     The same engine runs in a worker thread and reads blobs through the caller's loop;
-    ``progress`` is called on the loop. Cancelling stops the transfers, removes temporary
-    files and leaves the layout valid (``index.json`` untouched). Raises what :func:`pull`
-    raises.
+    ``progress`` is called on the loop. Cancelling stops the transfers and removes
+    temporary files; the layout stays valid (a cancel that comes after the last blob may
+    still see the tag moved). Raises what :func:`pull` raises.
     """
     import asyncio
 

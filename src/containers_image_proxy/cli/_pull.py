@@ -10,7 +10,7 @@ from typing import Optional
 
 from .._errors import ConfigurationError, ImageNotFoundError
 from .._progress import TransferProgress
-from .._pull import pull_into_layout
+from .._pull import default_tag, pull_into_layout
 from .._reference import ImageReference
 from ._commands import Context, open_proxy, short_digest
 from ._errors import OK, USAGE, CliError, not_found
@@ -52,9 +52,9 @@ def cmd_pull(ctx: Context) -> int:
     path, tag = split_layout_target(ctx.args.target)
     platforms = _platforms(ctx.args.platform)
     try:
-        tag = tag or ImageReference.parse(ctx.args.image).tag
+        tag = tag or default_tag(ImageReference.parse(ctx.args.image))
     except ConfigurationError:
-        pass
+        pass  # pull_into_layout reports the bad reference
     total_task(ctx.reporter, "total", None)
     with open_proxy(ctx) as proxy:
         try:

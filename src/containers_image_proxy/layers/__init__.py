@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, Callable, Optional, Union
 
+from .._errors import ConfigurationError
 from .._progress import ProgressCallback, TransferProgress
 from ._compression import DecompressingReader
 from ._errors import LayerDigestError, LayerFormatError, UnsafeLayerError
@@ -114,10 +115,12 @@ def read_files(
     """Read several files of ``image``'s merged filesystem in one pass.
 
     Returns ``{path: content}`` for the paths that name a regular file; the others
-    (missing, a directory, a device) are left out. Each layer is fetched and read at most
-    once for all the paths together, from the top down, stopping as soon as every path is
-    settled: a scanner reading ``/etc/os-release`` and the dpkg status file pays for one
-    pass, not two. Example::
+    (missing, a directory, a device, a symlink loop) are left out. The layers are read for
+    all the paths together, from the top down, stopping as soon as every path is settled:
+    a scanner reading ``/etc/os-release`` and the dpkg status file pays for one pass, not
+    two. A path reached through a symlink (``/etc/os-release`` ->
+    ``../usr/lib/os-release`` on Debian) may cost a second read of the layer holding the
+    link's target, as :func:`read_file` of it would. Example::
 
         files = read_files(proxy, img, ["/etc/os-release", "/var/lib/dpkg/status"])
 
@@ -179,6 +182,8 @@ async def read_files_async(
     (cancelling stops the worker and waits for its cleanup)."""
     import asyncio
 
+    if isinstance(paths, (str, bytes)):
+        raise ConfigurationError("paths must be a list of paths, not one path")
     wanted = list(paths)
     bridge = Bridge(asyncio.get_running_loop())
     sources = await async_sources(proxy, image, bridge)

@@ -54,13 +54,15 @@ def read_files_from_layers(
     """Read several files of the merged filesystem of ``sources`` in one pass.
 
     The engine of :func:`read_files`. Returns ``{path: content}`` for the paths that name a
-    regular file (after symlinks); the others (missing, a directory, a device) are left
-    out. Every layer is read at most once for all the paths together, from the top down,
+    regular file (after symlinks); the others (missing, a directory, a device, a symlink
+    loop) are left out. The layers are read for all the paths together, from the top down,
     and no further down than the last path still unsettled needs. Raises ProxyError naming
     the size when a file is larger than ``max_size``, and the layer errors of
     :func:`read_file_from_layers`.
     """
     _check_max_size(max_size)
+    if isinstance(paths, (str, bytes)):
+        raise ConfigurationError("paths must be a list of paths, not one path")
     wanted = list(dict.fromkeys(paths))  # each once, in the caller's order
     for path in wanted:
         if not isinstance(path, str):
@@ -74,6 +76,7 @@ def read_files_from_layers(
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 continue
             except OSError as e:
-                if e.errno != errno.EINVAL:  # EINVAL: not a regular file
+                # EINVAL: not a regular file; ELOOP: a symlink loop, which names no file
+                if e.errno not in (errno.EINVAL, errno.ELOOP):
                     raise
     return found
