@@ -40,6 +40,7 @@ from ._models import (
 from ._platform import Wanted, matches, show_platform, show_wanted, wanted_platforms
 from ._progress import Meter, ProgressCallback
 from ._reference import ImageReference, as_reference
+from .layers._source import close_blob
 
 log = logging.getLogger("containers_image_proxy.pull")
 
@@ -162,7 +163,7 @@ class _Puller:
                 out.commit()
             failed = False
         finally:
-            _close_reader(reader, failed)
+            close_blob(reader, failed)
         meter.finish()
         with self.result_lock:
             self.fetched += 1
@@ -293,17 +294,6 @@ class _Puller:
         for i, media_type in fixes.items():
             doc["layers"][i]["mediaType"] = media_type
         return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def _close_reader(reader: Any, failed: bool) -> None:
-    quiet = getattr(reader, "close_quietly", None) if failed else None
-    if quiet is not None:
-        try:
-            quiet()
-        except Exception:  # the first error is the one to report
-            pass
-    else:
-        reader.close()
 
 
 def default_tag(ref: ImageReference) -> str:
